@@ -1,0 +1,166 @@
+"""Typed configuration of a MIMEA run, validated on load and saved inside every checkpoint.
+
+Every MIMEA module and every modality has an on/off switch here, so an ablation is one flag:
+``mimea train ... --set model.ot_alignment=false``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODALITIES = ("structure", "relation", "attribute", "visual")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModalityConfig(_Strict):
+    """Which modalities the model uses; a modality absent from the data is dropped anyway."""
+
+    structure: bool = True
+    relation: bool = True
+    attribute: bool = True
+    visual: bool = True
+
+    def enabled(self) -> list[str]:
+        return [m for m in MODALITIES if getattr(self, m)]
+
+
+class ModelConfig(_Strict):
+    """Sizes and switches of the network (``model/``)."""
+
+    hidden_dim: int = Field(300, ge=8, le=2048, description="d, size of every uni-modal output")
+    gat_layers: int = Field(2, ge=1, le=4)
+    gat_heads: int = Field(1, ge=1, le=8)
+    relation_aware: bool = Field(True, description="relation embeddings as GAT edge features")
+    concat_layers: bool = Field(True, description="structure output = concat of every layer")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    modalities: ModalityConfig = ModalityConfig()
+    fusion: bool = Field(True, description="probability-guided fusion; off = uniform weights")
+    fusion_interaction: bool = Field(True, description="cross-modal attention before the Beta head")
+    fusion_heads: int = Field(1, ge=1, le=8)
+    beta_prior: tuple[float, float] = (2.0, 2.0)
+    ot_alignment: bool = True
+    ot_epsilon: float = Field(0.05, gt=0.0, description="entropic regularisation of Sinkhorn")
+    modal_contrastive: bool = Field(True, description="per-modality contrastive terms")
+    modal_adaptive: bool = Field(True, description="weight modality terms by confidence")
+
+
+class LossConfig(_Strict):
+    """Weights and shapes of the training objective."""
+
+    joint_loss: Literal["lse", "infonce"] = "lse"
+    gamma: float = Field(1.0, ge=0.0, description="margin of the LogSumExp loss")
+    lse_scale: float = Field(30.0, gt=0.0, description="lambda of the LogSumExp loss")
+    lse_shift: float = Field(10.0, description="tau of the LogSumExp loss")
+    negatives: int = Field(4096, ge=0, description="entities sampled as extra LSE negatives")
+    temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature")
+    modal_weight: float = Field(0.5, ge=0.0)
+    ot_weight: float = Field(0.1, ge=0.0)
+    ot_batch: int = Field(256, ge=8)
+    kl_weight: float = Field(0.001, ge=0.0)
+
+
+class TrainingConfig(_Strict):
+    """Optimisation, model selection and pseudo-labelling."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    lr: float = Field(0.005, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    valid_every: int = Field(5, ge=1)
+    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    iterative: bool = False
+    iterations: int = Field(3, ge=1)
+    iteration_epochs: int = Field(30, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class DataConfig(_Strict):
+    """How gold pairs are split and features built."""
+
+    train_ratio: float = Field(0.3, gt=0.0, lt=1.0)
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    relation_top_k: int = Field(1000, ge=1)
+    attribute_top_k: int = Field(1000, ge=1)
+    use_attribute_values: bool = True
+
+
+class EvalConfig(_Strict):
+    csls_k: int = Field(10, ge=1)
+
+
+class MIMEAConfig(_Strict):
+    """The whole configuration of one run."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    training: TrainingConfig = TrainingConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _some_modality(self) -> MIMEAConfig:
+        if not self.model.modalities.enabled():
+            raise ValueError("at least one modality must be enabled")
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> MIMEAConfig:
+    """Read a TOML/YAML/JSON config (or defaults) and apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_config_file(Path(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        return MIMEAConfig.model_validate(raw)
+    except ValidationError as exc:
+        source = str(path) if path else "command line"
+        raise ConfigError(f"invalid configuration ({source}):\n{exc}") from exc
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: config must be .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)

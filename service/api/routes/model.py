@@ -1,0 +1,19 @@
+"""``GET /model``: what is being served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.api.deps import ApiKeyDep, ServiceDep
+from service.errors import ERROR_RESPONSES
+from service.schemas import ModelInfo
+
+router = APIRouter(tags=["model"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
+
+
+@router.get("/model", response_model=ModelInfo,
+            summary="Model version, metrics, modalities and sizes")
+async def model_info(service: ServiceDep) -> dict[str, Any]:
+    return service.aligner.info()

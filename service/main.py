@@ -1,0 +1,82 @@
+"""Builds the FastAPI application; the heavy objects are made in ``lifespan``.
+
+``create_app`` only wires routers, middleware and error handlers. ``lifespan`` loads the
+checkpoint (or takes one the CLI already loaded), builds the indexes and the cache, keeps them on
+``app.state`` and closes them in ``finally``. Any loading error propagates, so the server never
+starts half-loaded. For ``uvicorn --factory service.main:create_app`` the settings come from the
+``MIMEA_*`` environment.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service.aligner import Aligner
+from service.api.routes import align, candidates, entities, health, model
+from service.cache import build_cache
+from service.errors import install_error_handlers
+from service.metrics import Metrics, MetricsMiddleware
+from service.serving import AlignmentService
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load everything once; release it all on shutdown or on a failed start."""
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        aligner: Aligner | None = app.state.preloaded
+        app.state.preloaded = None
+        if aligner is None:
+            aligner = await anyio.to_thread.run_sync(Aligner.load, settings)
+        # The aligner's ~10^5 long-lived objects (URIs, lookups) would otherwise be rescanned by
+        # every full collection while serving, a latency spike on the event loop.
+        gc.collect()
+        gc.freeze()
+        stack.callback(aligner.close)
+        cache = build_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
+                            max_entries=settings.cache_size, timeout_s=settings.redis_timeout_s,
+                            retry_s=settings.redis_retry_s)
+        stack.push_async_callback(cache.aclose)
+        status = await cache.check()
+        logger.info("cache: %s (%s)", cache.backend, status)
+        service = AlignmentService(aligner, cache, app.state.metrics, settings)
+        stack.push_async_callback(service.aclose)
+        app.state.aligner = aligner
+        app.state.cache = cache
+        app.state.service = service
+        try:
+            yield
+        finally:
+            app.state.service = None
+            gc.unfreeze()
+            logger.info("shutting down")
+
+
+def create_app(settings: Settings | None = None, *, aligner: Aligner | None = None) -> FastAPI:
+    """The service's app; ``aligner`` lets a caller that already loaded the checkpoint reuse it."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="MIMEA alignment service",
+        summary="Entity alignment candidates and pair scores from a MIMEA checkpoint.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.preloaded = aligner
+    app.state.metrics = Metrics()
+    app.state.service = None
+    install_error_handlers(app)
+    for router in (candidates.router, align.router, entities.router, model.router,
+                   health.router):
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,162 @@
+"""Cache behaviour: the in-process LRU, a real Redis, and Redis going down and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.cache import LRUCache
+from service.main import create_app
+from service.settings import Settings
+
+ENTITY = "/m/0abc000"
+OTHER = "http://dbpedia.org/resource/Entity_1"
+
+
+def hits(client: TestClient, kind: str = "candidates") -> float:
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value("mimea_cache_hits_total", {"kind": kind}) or 0.0
+
+
+def misses(client: TestClient, kind: str = "candidates") -> float:
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value("mimea_cache_misses_total", {"kind": kind}) or 0.0
+
+
+def test_lru_evicts_oldest_and_expires() -> None:
+    async def scenario() -> None:
+        cache = LRUCache(max_entries=2, ttl_s=0.05)
+        await cache.set_many({"a": b"1", "b": b"2"})
+        assert await cache.get_many(["a"]) == [b"1"]  # a is now the most recent
+        await cache.set_many({"c": b"3"})
+        assert await cache.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+        await asyncio.sleep(0.06)
+        assert await cache.get_many(["a", "c"]) == [None, None]
+        disabled = LRUCache(max_entries=0, ttl_s=10)
+        await disabled.set_many({"a": b"1"})
+        assert await disabled.get_many(["a"]) == [None] and disabled.status == "disabled"
+
+    asyncio.run(scenario())
+
+
+def test_memory_cache_hit_returns_same_answer(client: TestClient) -> None:
+    before_hits, before_misses = hits(client), misses(client)
+    first = client.get(f"/candidates/{OTHER}", params={"k": 3, "csls": True})
+    second = client.get(f"/candidates/{OTHER}", params={"k": 3, "csls": True})
+    assert first.content == second.content
+    assert misses(client) == before_misses + 1 and hits(client) == before_hits + 1
+
+
+def test_redis_hit_and_miss(make_settings: Callable[..., Settings], redis_url: str,
+                            namespace: str, synthetic) -> None:
+    settings = make_settings(redis_url=redis_url, cache_namespace=namespace, cache_ttl_s=120)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/ready").json()["cache"] == {"backend": "redis", "status": "ok"}
+        first = client.get(f"/candidates/{ENTITY}", params={"k": 4})
+        second = client.get(f"/candidates/{ENTITY}", params={"k": 4})
+        assert first.status_code == second.status_code == 200
+        assert first.content == second.content
+        assert (misses(client), hits(client)) == (1.0, 1.0)
+        pair = {"source": ENTITY, "target": OTHER}
+        assert client.post("/align", json=pair).content == client.post("/align", json=pair).content
+        assert (misses(client, "align"), hits(client, "align")) == (1.0, 1.0)
+        # Batch routes share the single routes' entries: one cached, one new.
+        batch = client.post("/candidates:batch", json={"entities": [ENTITY, OTHER], "k": 4})
+        assert batch.json()["results"][0] == first.json()
+        assert (misses(client), hits(client)) == (2.0, 2.0)
+    keys = redis.Redis.from_url(redis_url).keys(f"{namespace}:*")
+    assert len(keys) == 3
+    assert all(k.startswith(f"{namespace}:{synthetic.model_version}:".encode()) for k in keys)
+    assert 0 < redis.Redis.from_url(redis_url).ttl(keys[0]) <= 120
+
+
+class RedisProcess:
+    """A private redis-server on a fixed port that the test can stop and start again."""
+
+    def __init__(self, binary: str, workdir: Path, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[RedisProcess]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (required in CI)")
+        pytest.skip("redis-server is not installed")
+    server = RedisProcess(binary, tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_redis_down_serves_uncached_then_recovers(make_settings: Callable[..., Settings],
+                                                  private_redis: RedisProcess) -> None:
+    settings = make_settings(redis_url=private_redis.url, redis_retry_s=0.2,
+                             redis_timeout_s=0.5)
+    with TestClient(create_app(settings)) as client:
+        client.get(f"/candidates/{ENTITY}")
+        client.get(f"/candidates/{ENTITY}")
+        assert hits(client) == 1.0
+
+        private_redis.stop()
+        for _ in range(3):
+            assert client.get(f"/candidates/{ENTITY}", params={"k": 2}).status_code == 200
+            assert client.post("/align", json={"source": ENTITY, "target": OTHER}
+                               ).status_code == 200
+        assert client.get("/ready").json()["cache"] == {"backend": "redis",
+                                                        "status": "degraded"}
+        assert hits(client) == 1.0
+
+        private_redis.start()
+        time.sleep(0.25)  # past redis_retry_s
+        client.get(f"/candidates/{ENTITY}", params={"k": 3})
+        client.get(f"/candidates/{ENTITY}", params={"k": 3})
+        assert hits(client) == 2.0
+        assert client.get("/ready").json()["cache"]["status"] == "ok"
+
+
+def test_redis_down_at_startup_still_serves(make_settings: Callable[..., Settings],
+                                            free_port: Callable[[], int]) -> None:
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retry_s=5)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/ready").json()["cache"]["status"] == "degraded"
+        assert client.get(f"/candidates/{ENTITY}").status_code == 200

@@ -1,0 +1,152 @@
+"""A bad checkpoint stops start-up with one clear message; the service never starts half-loaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from service.cli import register
+from service.errors import StartupError
+from service.main import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _missing_file(path: Path) -> None:
+    (path / "metrics.json").unlink()
+
+
+def _truncated_embeddings(path: Path) -> None:
+    target = path / "embeddings.safetensors"
+    target.write_bytes(target.read_bytes()[:1000])
+
+
+def _entities_row_dropped(path: Path) -> None:
+    target = path / "entities.tsv"
+    lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+    target.write_text("".join(lines[:-1]), encoding="utf-8")
+
+
+def _garbage_config(path: Path) -> None:
+    (path / "config.json").write_text("{not json", encoding="utf-8")
+
+
+BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing file": (_missing_file, "missing metrics.json"),
+    "truncated safetensors": (_truncated_embeddings, "not a readable safetensors file"),
+    "shapes vs entities.tsv": (_entities_row_dropped, "but the entity table has 619 rows"),
+    "unreadable config": (_garbage_config, "not readable JSON"),
+}
+
+
+@pytest.fixture(params=sorted(BREAKAGES))
+def broken(request: pytest.FixtureRequest, synthetic, tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "broken"
+    shutil.copytree(synthetic.path, path)
+    breakage, message = BREAKAGES[request.param]
+    breakage(path)
+    return path, message
+
+
+def test_broken_checkpoint_stops_lifespan(broken: tuple[Path, str],
+                                          make_settings: Callable[..., Settings]) -> None:
+    path, message = broken
+    app = create_app(make_settings(checkpoint=path))
+    with pytest.raises(CheckpointError, match=message), TestClient(app):
+        pass
+    assert app.state.service is None
+
+
+def test_non_finite_embeddings_stop_startup(synthetic, tmp_path: Path,
+                                            make_settings: Callable[..., Settings]) -> None:
+    ckpt = load_checkpoint(synthetic.path)
+    ckpt.embeddings.joint[5, 0] = float("nan")
+    path = tmp_path / "nan"
+    config = {k: v for k, v in ckpt.config.items()
+              if k not in ("format_version", "model_version", "embedding_dims")}
+    write_checkpoint(path, config=config, weights={"w": torch.zeros(1)},
+                     embeddings=ckpt.embeddings, entities=ckpt.entities, split=ckpt.split,
+                     metrics=ckpt.metrics)
+    with pytest.raises(CheckpointError, match="'joint' holds NaN"), \
+            TestClient(create_app(make_settings(checkpoint=path))):
+        pass
+
+
+def test_missing_directory_and_unset_checkpoint(tmp_path: Path,
+                                                make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"), \
+            TestClient(create_app(make_settings(checkpoint=tmp_path / "nope"))):
+        pass
+    with pytest.raises(StartupError, match="MIMEA_CHECKPOINT"), \
+            TestClient(create_app(make_settings(checkpoint=None))):
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_gpu_stops_startup(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(StartupError, match="cuda"), \
+            TestClient(create_app(make_settings(device="cuda"))):
+        pass
+
+
+def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MIMEA_CHECKPOINT", str(tmp_path))
+    monkeypatch.setenv("MIMEA_REDIS_URL", "")
+    monkeypatch.setenv("MIMEA_CACHE_TTL_S", "60")
+    monkeypatch.setenv("MIMEA_INDEX", "hnsw")
+    monkeypatch.setenv("MIMEA_API_KEY", "k")
+    monkeypatch.setenv("MIMEA_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.checkpoint == tmp_path and settings.redis_url is None
+    assert settings.cache_ttl_s == 60 and settings.index == "hnsw"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+    assert settings.log_level == "DEBUG"
+    assert Settings(index="flat").index == "flat"  # explicit values (CLI options) win
+    with pytest.raises(ValueError, match="redis_url"):
+        Settings(redis_url="http://localhost")
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Root."""
+
+    register(app)
+    return app
+
+
+def test_cli_serve_exits_non_zero_with_message(broken: tuple[Path, str]) -> None:
+    path, message = broken
+    result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(path)])
+    assert result.exit_code == 1
+    assert "cannot start the service" in result.output and message in result.output
+
+
+def test_cli_rejects_invalid_options(synthetic) -> None:
+    result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path),
+                                         "--index", "annoy"])
+    assert result.exit_code == 2
+
+
+def test_serve_subprocess_fails_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--checkpoint",
+                           str(tmp_path / "absent")], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot start the service" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,149 @@
+"""End to end: KG pair folder → features → split → training → evaluation → checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
+from model.config import MIMEAConfig
+from model.mimea import GraphInputs
+from training.data import KGPairData, load_kg_pair
+from training.evaluation import evaluate_pairs
+from training.features import FeatureOptions, ModalInputs, build_modal_inputs
+from training.split import AlignmentSplit, split_pairs
+from training.trainer import TrainResult, infer, resolve_device, train_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    data: KGPairData
+    inputs: GraphInputs
+    split: AlignmentSplit
+
+
+def graph_inputs(inputs: ModalInputs) -> GraphInputs:
+    return GraphInputs(num_entities=inputs.num_entities, edge_index=inputs.edge_index,
+                       edge_type=inputs.edge_type, num_edge_types=inputs.num_edge_types,
+                       features=inputs.features, masks=inputs.masks)
+
+
+def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
+            allow_pickle: bool = False) -> PreparedData:
+    """Load and validate the KG pair, build features and split the gold pairs."""
+    data = load_kg_pair(Path(data_dir), visual=visual, allow_pickle=allow_pickle)
+    options = FeatureOptions(relation_top_k=config.data.relation_top_k,
+                             attribute_top_k=config.data.attribute_top_k,
+                             use_attribute_values=config.data.use_attribute_values)
+    inputs = graph_inputs(build_modal_inputs(data, options))
+    split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
+                        valid_fraction=config.data.valid_fraction, seed=config.training.seed)
+    return PreparedData(data=data, inputs=inputs, split=split)
+
+
+def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray,
+                        csls_k: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics for both rankings (cosine, CSLS) and both directions."""
+    rows = torch.as_tensor(pairs, dtype=torch.long)
+    return {method: evaluate_pairs(joint.cpu(), rows, method=method, k=csls_k)
+            for method in ("cosine", "csls")}
+
+
+def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
+                 visual: Path | None = None, allow_pickle: bool = False, progress: bool = True,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train on ``data_dir``, evaluate on the held-out test pairs, write ``out_dir``.
+
+    Returns the metrics that were written to ``metrics.json``.
+    """
+    start = time.perf_counter()
+    prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle)
+    data, split = prepared.data, prepared.split
+    device = resolve_device(config.training.device)
+    logger.info("training on %s with %s: %s", data_dir, device, split.sizes())
+    unlabelled = _unlabelled_rows(data, split)
+    result = train_model(config, prepared.inputs, torch.as_tensor(split.train),
+                         torch.as_tensor(split.valid), device=device, progress=progress,
+                         candidate_rows=unlabelled, on_epoch=on_epoch)
+    output = infer(result.model, prepared.inputs.to(device))
+    wall_s = time.perf_counter() - start
+    metrics = _metrics(result, output.joint, split, config, wall_s)
+    write_checkpoint(
+        Path(out_dir),
+        config={"config": config.model_dump(mode="json"),
+                "modalities": result.model.modalities,
+                "data": {"path": str(data_dir), **data.summary(), "warnings": data.warnings},
+                "model_shape": {"num_entities": prepared.inputs.num_entities,
+                                "num_edge_types": prepared.inputs.num_edge_types,
+                                "feature_dims": {k: int(v.shape[1]) for k, v in
+                                                 prepared.inputs.features.items()}}},
+        weights=result.model.state_dict(),
+        embeddings=EmbeddingTables(
+            joint=output.joint, fusion_weights=output.fusion.weights, mask=output.mask,
+            modalities=dict(zip(result.model.modalities, output.modal, strict=True))),
+        entities=EntityTable(ids=data.ids.tolist(), kgs=data.kgs.astype(int).tolist(),
+                             uris=list(data.uris)),
+        split=_split_record(data, split, config),
+        metrics=metrics,
+    )
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
+                        csls_k: int | None = None) -> dict[str, Any]:
+    """Recompute metrics of a checkpoint's saved joint embeddings on its own split."""
+    checkpoint = load_checkpoint(Path(checkpoint_dir))
+    if part not in ("train", "valid", "test"):
+        raise ValueError(f"unknown split part {part!r}")
+    row_of = {ent_id: row for row, ent_id in enumerate(checkpoint.entities.ids)}
+    pairs = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split[part]], dtype=np.int64)
+    if len(pairs) == 0:
+        raise ValueError(f"checkpoint {checkpoint_dir} has no {part} pairs")
+    k = csls_k or checkpoint.config["config"]["eval"]["csls_k"]
+    return evaluate_embeddings(checkpoint.embeddings.joint, pairs, k)
+
+
+def _unlabelled_rows(data: KGPairData,
+                     split: AlignmentSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    labelled = np.concatenate([split.train.reshape(-1), split.valid.reshape(-1)])
+    free = np.ones(data.num_entities, dtype=bool)
+    free[labelled] = False
+    return (torch.as_tensor(np.flatnonzero(free & (data.kgs == 1))),
+            torch.as_tensor(np.flatnonzero(free & (data.kgs == 2))))
+
+
+def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
+             config: MIMEAConfig, wall_s: float) -> dict[str, Any]:
+    k = config.eval.csls_k
+    metrics: dict[str, Any] = {
+        "test": evaluate_embeddings(joint, split.test, k),
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "pseudo_pairs": result.pseudo_pairs,
+        "train_s": result.wall_s,
+        "wall_s": wall_s,
+        "s_per_epoch": result.wall_s / max(result.epochs, 1),
+        "history": result.history,
+    }
+    if len(split.valid):
+        metrics["valid"] = evaluate_embeddings(joint, split.valid, k)
+    return metrics
+
+
+def _split_record(data: KGPairData, split: AlignmentSplit,
+                  config: MIMEAConfig) -> dict[str, Any]:
+    def ids(rows: np.ndarray) -> list[list[int]]:
+        return data.ids[rows].tolist() if len(rows) else []
+
+    return {"train_ratio": config.data.train_ratio,
+            "valid_fraction": config.data.valid_fraction, "seed": config.training.seed,
+            "train": ids(split.train), "valid": ids(split.valid), "test": ids(split.test)}

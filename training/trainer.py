@@ -1,0 +1,184 @@
+"""The training loop: AdamW on seed pairs, best-on-valid selection, optional pseudo-labelling."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.config import MIMEAConfig
+from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
+from model.objective import alignment_objective
+from training.evaluation import evaluate_pairs, mutual_nearest_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best on valid) and how it got there."""
+
+    model: MIMEA
+    best_epoch: int
+    epochs: int
+    valid_hits1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    pseudo_pairs: int = 0
+    wall_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, CPU otherwise; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: MIMEAConfig, inputs: GraphInputs) -> MIMEA:
+    modalities = active_modalities(config.model, inputs)
+    dims = {name: int(x.shape[1]) for name, x in inputs.features.items()}
+    return MIMEA(config.model, inputs.num_entities, inputs.num_edge_types, dims, modalities)
+
+
+@torch.no_grad()
+def infer(model: MIMEA, inputs: GraphInputs) -> MIMEAOutput:
+    """Deterministic forward pass (dropout off, Beta means) over every entity."""
+    was_training = model.training
+    model.eval()
+    output = model(inputs)
+    model.train(was_training)
+    return output
+
+
+def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Tensor,
+                valid_pairs: torch.Tensor, *, device: torch.device,
+                candidate_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                progress: bool = True,
+                on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train MIMEA and return the state that scored best on the validation pairs.
+
+    ``candidate_rows`` are the KG1 and KG2 entity rows eligible for pseudo-labels (entities in
+    no training or validation pair); required when ``config.training.iterative``.
+    """
+    start = time.perf_counter()
+    seed_everything(config.training.seed)
+    inputs = inputs.to(device)
+    model = build_model(config, inputs).to(device)
+    train_pairs = train_pairs.to(device)
+    run = _Run(config, model, inputs, valid_pairs.to(device), progress, on_epoch)
+    run.fit(train_pairs, config.training.epochs)
+    pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
+    if config.training.iterative:
+        if candidate_rows is None:
+            raise ValueError("iterative training needs candidate_rows")
+        previous: set[tuple[int, int]] = set()
+        for round_no in range(config.training.iterations):
+            model.load_state_dict(run.best_state)
+            found = mutual_nearest_pairs(infer(model, inputs).joint,
+                                         candidate_rows[0].to(device),
+                                         candidate_rows[1].to(device),
+                                         k=config.eval.csls_k)
+            current = {tuple(p) for p in found.tolist()}
+            stable = sorted(current & previous) if previous else []
+            previous = current
+            if stable:
+                pseudo = torch.tensor(stable, dtype=torch.long, device=device)
+            logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
+                        len(current), len(stable))
+            run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs,
+                    reset_patience=True)
+    model.load_state_dict(run.best_state)
+    model.eval()
+    return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
+                       valid_hits1=run.best_score, history=run.history,
+                       pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start)
+
+
+class _Run:
+    """Mutable state of one training run (epoch counter, best state, history)."""
+
+    def __init__(self, config: MIMEAConfig, model: MIMEA, inputs: GraphInputs,
+                 valid_pairs: torch.Tensor, progress: bool,
+                 on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+        self.config = config
+        self.model = model
+        self.inputs = inputs
+        self.valid_pairs = valid_pairs
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.lr,
+                                           weight_decay=config.training.weight_decay)
+        self.epoch = 0
+        self.best_epoch = 0
+        self.best_score = -1.0
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history: list[dict[str, float]] = []
+        self.generator = torch.Generator().manual_seed(config.training.seed)
+
+    def fit(self, pairs: torch.Tensor, epochs: int, reset_patience: bool = False) -> None:
+        cfg = self.config.training
+        stale = 0
+        if reset_patience:
+            self.best_score = self._validate()
+        bar = tqdm(range(epochs), desc="train", disable=not self.progress, leave=False)
+        for _ in bar:
+            self.epoch += 1
+            losses = self._epoch(pairs)
+            record = {"epoch": float(self.epoch), **losses}
+            if self.epoch % cfg.valid_every == 0 or _ == epochs - 1:
+                score = self._validate()
+                record["valid_hits1"] = score
+                if score > self.best_score:
+                    self.best_score, self.best_epoch, stale = score, self.epoch, 0
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    stale += 1
+            self.history.append(record)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            bar.set_postfix(loss=f"{losses['total']:.3f}",
+                            valid_h1=f"{max(self.best_score, 0.0):.3f}")
+            if stale >= cfg.patience:
+                logger.info("early stop at epoch %d (best %d)", self.epoch, self.best_epoch)
+                break
+
+    def _epoch(self, pairs: torch.Tensor) -> dict[str, float]:
+        self.model.train()
+        order = torch.randperm(len(pairs), generator=self.generator).to(pairs.device)
+        sums: dict[str, float] = {}
+        batches = 0
+        for start in range(0, len(pairs), self.config.training.batch_size):
+            batch = pairs[order[start:start + self.config.training.batch_size]]
+            output = self.model(self.inputs)
+            terms = alignment_objective(self.model, output, batch[:, 0], batch[:, 1],
+                                        self.config.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            self.optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            batches += 1
+        return {key: value / max(batches, 1) for key, value in sums.items()}
+
+    def _validate(self) -> float:
+        if len(self.valid_pairs) == 0:
+            return 0.0
+        joint = infer(self.model, self.inputs).joint
+        metrics = evaluate_pairs(joint, self.valid_pairs, method="csls",
+                                 k=self.config.eval.csls_k)
+        return metrics["kg1_to_kg2"]["hits1"]
