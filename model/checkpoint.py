@@ -109,6 +109,9 @@ def write_checkpoint(
     modalities = list(config["modalities"])
     tensors = _embedding_tensors(embeddings)
     _check_consistency(entities, embeddings, modalities, source=path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())
+                          and not (path / CONFIG_FILE).is_file()):
+        raise CheckpointError(f"{path} exists and is not a checkpoint; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -118,6 +121,7 @@ def write_checkpoint(
         _write_entities(tmp / ENTITIES_FILE, entities)
         _write_json(tmp / SPLIT_FILE, dict(split))
         _write_json(tmp / METRICS_FILE, dict(metrics))
+        _write_json(tmp / CONFIG_FILE, dict(config))
         version = _content_hash(tmp)
         full_config = {
             **dict(config),

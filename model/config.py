@@ -41,6 +41,7 @@ class ModelConfig(_Strict):
     gat_heads: int = Field(1, ge=1, le=8)
     relation_aware: bool = Field(True, description="relation embeddings as GAT edge features")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
+    self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     modalities: ModalityConfig = ModalityConfig()
     fusion: bool = Field(True, description="probability-guided fusion; off = uniform weights")

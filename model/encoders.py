@@ -35,6 +35,9 @@ class StructureEncoder(nn.Module):
         heads: attention heads per layer, averaged (default 1).
         dropout: dropout on layer inputs.
         concat_layers: output ``[h^0 || ... || h^L]`` (size ``(L+1)·d``) instead of ``h^L``.
+        self_loops: let an entity attend to itself. Without them an entity is described only
+            by its neighbours, so the free vectors of entities outside the seeds (noise) never
+            reach their own representation.
 
     Shapes:
         edge_index ``[2, E]``, edge_type ``[E]`` → ``[N, out_dim]``.
@@ -42,7 +45,7 @@ class StructureEncoder(nn.Module):
 
     def __init__(self, num_entities: int, num_edge_types: int, hidden_dim: int,
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
-                 concat_layers: bool = True) -> None:
+                 concat_layers: bool = True, self_loops: bool = True) -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -50,12 +53,13 @@ class StructureEncoder(nn.Module):
         self.concat_layers = concat_layers
         self.dropout = dropout
         self.entity = nn.Embedding(num_entities, hidden_dim)
-        self.smooth = SimpleConv(aggr="mean", combine_root="self_loop")
+        self.self_loops = self_loops
+        self.smooth = SimpleConv(aggr="mean", combine_root="self_loop" if self_loops else None)
         edge_dim = hidden_dim if num_edge_types > 0 else None
         self.relation = nn.Embedding(num_edge_types, hidden_dim) if num_edge_types > 0 else None
         self.layers = nn.ModuleList(
             GATConv(hidden_dim, hidden_dim, heads=heads, concat=False, edge_dim=edge_dim,
-                    add_self_loops=True, fill_value="mean")
+                    add_self_loops=self_loops, fill_value="mean")
             for _ in range(num_layers)
         )
         self.out_dim = hidden_dim * (num_layers + 1 if concat_layers else 1)

@@ -84,7 +84,8 @@ class MIMEA(nn.Module):
                 encoders[name] = StructureEncoder(
                     num_entities, num_edge_types if config.relation_aware else 0,
                     config.hidden_dim, num_layers=config.gat_layers, heads=config.gat_heads,
-                    dropout=config.dropout, concat_layers=config.concat_layers)
+                    dropout=config.dropout, concat_layers=config.concat_layers,
+                    self_loops=config.self_loops)
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
                                                 dropout=config.dropout)
@@ -111,4 +112,5 @@ class MIMEA(nn.Module):
         return MIMEAOutput(modal=modal, mask=mask, fusion=self.fusion(modal, mask))
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(modalities={self.modalities}, joint_dim={self.joint_dim})"
+        return (f"{self.__class__.__name__}(modalities={self.modalities}, "
+                f"joint_dim={self.joint_dim})")

@@ -140,7 +140,10 @@ class _Run:
             self.epoch += 1
             losses = self._epoch(pairs)
             record = {"epoch": float(self.epoch), **losses}
-            if self.epoch % cfg.valid_every == 0 or _ == epochs - 1:
+            if len(self.valid_pairs) == 0:
+                # Nothing to select on: the latest state is the result.
+                self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
+            elif self.epoch % cfg.valid_every == 0 or _ == epochs - 1:
                 score = self._validate()
                 record["valid_hits1"] = score
                 if score > self.best_score:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain `pytest` from a checkout that is not pip-installed
     sys.path.insert(0, str(ROOT))
 
+from model.config import MIMEAConfig, load_config  # noqa: E402
+from training.pipeline import run_training  # noqa: E402
 from training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
 
 SMALL_SPEC = SyntheticSpec(num_entities=400, num_relations=12, num_attributes=20, visual_dim=16,
@@ -33,6 +39,32 @@ TINY_FILES: dict[str, str] = {
 }
 
 PairWriter = Callable[..., Path]
+
+# End-to-end run: the default synthetic world at 600 entities and a small, fast model.
+E2E_SPEC = SyntheticSpec(num_entities=600, seed=1)
+FAST_OVERRIDES = ["model.hidden_dim=32", "model.dropout=0.0", "training.epochs=40",
+                  "loss.negatives=256", "training.device=cpu"]
+# Shortest runs, for determinism and CLI tests.
+TINY_OVERRIDES = ["model.hidden_dim=16", "training.epochs=2", "loss.negatives=64",
+                  "training.device=cpu"]
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    data_dir: Path
+    checkpoint: Path
+    config: MIMEAConfig
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Small tensors on a shared 2-core machine: one intra-op thread is much faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +91,21 @@ def write_pair(tmp_path: Path) -> PairWriter:
         return root
 
     return write
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One end-to-end training run (synthetic pair → checkpoint), shared by the session."""
+    root = tmp_path_factory.mktemp("e2e")
+    write_synthetic_pair(root / "pair", E2E_SPEC)
+    config = load_config(None, FAST_OVERRIDES)
+    start = time.perf_counter()
+    metrics = run_training(root / "pair", root / "checkpoint", config, progress=False)
+    return TrainedRun(data_dir=root / "pair", checkpoint=root / "checkpoint", config=config,
+                      metrics=metrics, seconds=time.perf_counter() - start)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Overrides of the shortest useful training run (a few seconds at most)."""
+    return list(TINY_OVERRIDES)

@@ -1,0 +1,109 @@
+"""Modality encoders (model/encoders.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.encoders import FeatureEncoder, StructureEncoder
+
+N, D = 12, 8
+
+
+def _ring(n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
+    src = torch.arange(n)
+    dst = (src + 1) % n
+    edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+    edge_type = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
+    return edge_index, edge_type
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("concat_layers", [True, False])
+def test_structure_output_shape(num_layers: int, concat_layers: bool) -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, num_layers=num_layers, concat_layers=concat_layers)
+    out = encoder(*_ring())
+    expected = (num_layers + 1) * D if concat_layers else D
+    assert encoder.out_dim == expected
+    assert out.shape == (N, expected)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_structure_heads_are_averaged(heads: int) -> None:
+    encoder = StructureEncoder(N, 2, D, heads=heads, concat_layers=False)
+    assert encoder(*_ring()).shape == (N, D)
+
+
+def test_edge_types_change_output_when_relation_aware() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D).eval()
+    edge_index, edge_type = _ring()
+    out = encoder(edge_index, edge_type)
+    out_flipped = encoder(edge_index, 1 - edge_type)
+    assert not torch.allclose(out, out_flipped)
+
+
+def test_edge_types_ignored_without_relation_awareness() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 0, D).eval()
+    edge_index, edge_type = _ring()
+    assert encoder.relation is None
+    torch.testing.assert_close(encoder(edge_index, edge_type), encoder(edge_index, 1 - edge_type))
+
+
+def test_isolated_nodes_give_finite_output() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(6, 2, D).eval()
+    edge_index = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+    edge_type = torch.tensor([0, 1, 0, 1, 0, 1])
+    out = encoder(edge_index, edge_type)  # nodes 4 and 5 have no edge
+    assert out.shape == (6, 3 * D)
+    assert torch.isfinite(out).all()
+
+
+def test_isolated_node_starts_from_its_own_embedding() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(6, 2, D).eval()
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    out = encoder(edge_index, torch.tensor([0, 1]))
+    torch.testing.assert_close(out[4, :D], encoder.entity.weight[4])
+
+
+def test_graph_without_edges() -> None:
+    encoder = StructureEncoder(5, 2, D).eval()
+    out = encoder(torch.empty((2, 0), dtype=torch.long), torch.empty(0, dtype=torch.long))
+    assert out.shape == (5, 3 * D)
+    assert torch.isfinite(out).all()
+
+
+def test_structure_gradients_reach_entity_and_relation_embeddings() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D)
+    encoder(*_ring()).pow(2).sum().backward()
+    assert encoder.entity.weight.grad is not None and encoder.entity.weight.grad.abs().sum() > 0
+    assert encoder.relation is not None and encoder.relation.weight.grad is not None
+    assert encoder.relation.weight.grad.abs().sum() > 0
+
+
+def test_structure_repr() -> None:
+    text = repr(StructureEncoder(N, 3, D, num_layers=2, concat_layers=False))
+    assert text == (f"StructureEncoder({N}, edge_types=3, hidden={D}, layers=2, "
+                    "concat_layers=False)")
+
+
+@pytest.mark.parametrize(("in_dim", "out_dim", "rows"), [(5, 8, 7), (1, 16, 1), (32, 4, 3)])
+def test_feature_output_shape(in_dim: int, out_dim: int, rows: int) -> None:
+    encoder = FeatureEncoder(in_dim, out_dim)
+    assert encoder(torch.randn(rows, in_dim)).shape == (rows, out_dim)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (4, 4), (5,), (2, 4, 5)])
+def test_feature_wrong_input_shape_rejected(shape: tuple[int, ...]) -> None:
+    encoder = FeatureEncoder(5, 8)
+    with pytest.raises(ValueError, match=r"expected features of shape \[N, 5\]"):
+        encoder(torch.randn(*shape))
+
+
+def test_feature_repr() -> None:
+    assert repr(FeatureEncoder(5, 8)) == "FeatureEncoder(5, 8)"

@@ -1,0 +1,175 @@
+"""Similarity and ranking metrics (training/evaluation.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training import evaluation
+from training.evaluation import (
+    cosine_matrix,
+    csls_matrix,
+    evaluate_pairs,
+    gold_ranks,
+    mean_topk_similarity,
+    mutual_nearest_pairs,
+    ranking_metrics,
+    similarity_matrix,
+)
+
+
+def _brute_ranks(sim: torch.Tensor) -> list[int]:
+    return [1 + sum(1 for j in range(sim.shape[1]) if sim[i, j] > sim[i, i])
+            for i in range(sim.shape[0])]
+
+
+@pytest.mark.parametrize("n", [1, 5, 30])
+def test_identity_is_perfect(n: int) -> None:
+    metrics = ranking_metrics(gold_ranks(torch.eye(n)))
+    assert metrics == {"hits1": 1.0, "hits10": 1.0, "mrr": 1.0, "mr": 1.0}
+
+
+def test_known_ranks() -> None:
+    # gold (diagonal) ranks 1, 2, 3, 4 and 12
+    sim = torch.zeros(5, 12)
+    sim[0, 0] = 1.0
+    sim[1, 1], sim[1, 3] = 0.5, 0.9
+    sim[2, 2], sim[2, :2] = 0.5, 0.7
+    sim[3, 3], sim[3, 4:7] = 0.5, 0.8
+    sim[4, 4], sim[4, 5:] = -1.0, 0.0
+    sim[4, :4] = 0.0
+    ranks = gold_ranks(sim)
+    assert ranks.tolist() == [1, 2, 3, 4, 12]
+    metrics = ranking_metrics(ranks)
+    assert metrics["hits1"] == pytest.approx(0.2)
+    assert metrics["hits10"] == pytest.approx(0.8)
+    assert metrics["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 12) / 5)
+    assert metrics["mr"] == pytest.approx(22 / 5)
+
+
+def test_permutation_of_identity() -> None:
+    perm = torch.tensor([2, 0, 1, 3])
+    sim = torch.eye(4)[perm]  # row i is most similar to column perm[i]
+    assert gold_ranks(sim).tolist() == [2, 2, 2, 1]
+    assert ranking_metrics(gold_ranks(sim))["hits1"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_ties_count_against_the_gold(n: int) -> None:
+    assert gold_ranks(torch.ones(n, n)).tolist() == [1] * n
+    sim = torch.zeros(n, n)
+    sim[:, 0] = 1.0  # a hub ties with the gold of row 0 and beats every other gold
+    assert gold_ranks(sim).tolist() == [1] + [2] * (n - 1)
+
+
+def test_gold_ranks_match_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluation, "CHUNK", 3)
+    sim = torch.randn(10, 14, generator=torch.Generator().manual_seed(0))
+    assert gold_ranks(sim).tolist() == _brute_ranks(sim)
+
+
+@pytest.mark.parametrize("hits", [(1,), (1, 5, 10)])
+def test_ranking_metrics_keys(hits: tuple[int, ...]) -> None:
+    metrics = ranking_metrics(torch.tensor([1, 3, 7]), hits=hits)
+    assert set(metrics) == {*(f"hits{k}" for k in hits), "mrr", "mr"}
+
+
+def test_cosine_matrix() -> None:
+    source = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    target = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    expected = torch.tensor([[1.0, 2 ** -0.5, 0.0], [0.0, 2 ** -0.5, -1.0]])
+    torch.testing.assert_close(cosine_matrix(source, target), expected)
+
+
+def test_mean_topk_similarity_clips_k() -> None:
+    sim = torch.tensor([[0.1, 0.5, 0.3], [1.0, 0.0, -1.0]])
+    torch.testing.assert_close(mean_topk_similarity(sim, 2), torch.tensor([0.4, 0.5]))
+    torch.testing.assert_close(mean_topk_similarity(sim, 10), sim.mean(dim=1))
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_csls_matches_brute_force(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    source, target = torch.randn(7, 5, generator=gen), torch.randn(9, 5, generator=gen)
+    cos = [[float(torch.nn.functional.cosine_similarity(s, t, dim=0)) for t in target]
+           for s in source]
+    r_source = [sum(sorted(row, reverse=True)[:k]) / min(k, len(row)) for row in cos]
+    columns = [[cos[i][j] for i in range(len(source))] for j in range(len(target))]
+    r_target = [sum(sorted(col, reverse=True)[:k]) / min(k, len(col)) for col in columns]
+    expected = torch.tensor([[2 * cos[i][j] - r_source[i] - r_target[j]
+                              for j in range(len(target))] for i in range(len(source))])
+    torch.testing.assert_close(csls_matrix(source, target, k), expected, atol=1e-5, rtol=1e-5)
+
+
+def _unit(degrees: list[float]) -> torch.Tensor:
+    angles = torch.tensor(degrees) * torch.pi / 180
+    return torch.stack([angles.cos(), angles.sin()], dim=1)
+
+
+def test_csls_demotes_a_hub() -> None:
+    # target 0 (18°) is a hub: source 2 sits on it, and it is source 1's (38°) cosine nearest
+    # neighbour; CSLS lets source 1 pick target 1 (60°) instead.
+    source, target = _unit([0.0, 38.0, 18.0]), _unit([18.0, 60.0])
+    assert cosine_matrix(source, target)[1].argmax() == 0
+    assert csls_matrix(source, target, k=1)[1].argmax() == 1
+
+
+@pytest.mark.parametrize("method", ["cosine", "csls"])
+def test_similarity_matrix_dispatch(method: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    source, target = torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    expected = cosine_matrix(source, target) if method == "cosine" else csls_matrix(
+        source, target, 2)
+    torch.testing.assert_close(similarity_matrix(source, target, method, 2), expected)
+
+
+def test_similarity_matrix_unknown_method() -> None:
+    with pytest.raises(ValueError, match="unknown similarity 'dot'"):
+        similarity_matrix(torch.ones(2, 2), torch.ones(2, 2), "dot")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["cosine", "csls"])
+def test_evaluate_pairs_returns_both_directions(method: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(20, 4, generator=gen)
+    pairs = torch.stack([torch.arange(0, 8), torch.arange(19, 11, -1)], dim=1)
+    result = evaluate_pairs(embeddings, pairs, method=method, k=3)
+    assert set(result) == {"kg1_to_kg2", "kg2_to_kg1"}
+    sim = similarity_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], method, 3)
+    assert result["kg1_to_kg2"] == ranking_metrics(torch.tensor(_brute_ranks(sim)))
+    assert result["kg2_to_kg1"] == ranking_metrics(torch.tensor(_brute_ranks(sim.T)))
+    assert result["kg1_to_kg2"] != result["kg2_to_kg1"]
+
+
+def test_evaluate_pairs_perfect_alignment() -> None:
+    gen = torch.Generator().manual_seed(2)
+    kg1 = torch.randn(10, 6, generator=gen)
+    embeddings = torch.cat([kg1, kg1 + 0.01 * torch.randn(10, 6, generator=gen)])
+    pairs = torch.stack([torch.arange(10), torch.arange(10, 20)], dim=1)
+    for direction in evaluate_pairs(embeddings, pairs).values():
+        assert direction == {"hits1": 1.0, "hits10": 1.0, "mrr": 1.0, "mr": 1.0}
+
+
+def test_mutual_nearest_pairs_hand_made() -> None:
+    embeddings = torch.tensor([
+        [1.0, 0.0, 0.0],  # 0: nearest target 4, whose nearest source is 0 -> mutual
+        [0.0, 1.0, 0.0],  # 1: nearest target 3, whose nearest source is 1 -> mutual
+        [0.1, 0.9, 0.1],  # 2: nearest target 3 too, but 3 prefers 1 -> not mutual
+        [0.0, 1.0, 0.05],  # 3
+        [1.0, 0.1, 0.0],  # 4
+        [0.0, 0.0, 1.0],  # 5: nearest source is 2, but 2 prefers 3 -> not mutual
+    ])
+    pairs = mutual_nearest_pairs(embeddings, torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]),
+                                 method="cosine")
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 4), (1, 3)]
+
+
+def test_mutual_nearest_pairs_returns_entity_rows() -> None:
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(5, 8, generator=gen)
+    embeddings = torch.cat([torch.randn(3, 8, generator=gen), base, base[[2, 0, 4, 1, 3]]])
+    sources, targets = torch.arange(3, 8), torch.arange(8, 13)
+    pairs = mutual_nearest_pairs(embeddings, sources, targets, k=2)
+    expected = {(3 + i, 8 + j) for j, i in enumerate([2, 0, 4, 1, 3])}
+    assert set(map(tuple, pairs.tolist())) == expected
+    assert pairs.shape == (5, 2)

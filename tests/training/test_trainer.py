@@ -1,0 +1,76 @@
+"""The training loop (training/trainer.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import MIMEAConfig, load_config
+from training.pipeline import PreparedData, prepare
+from training.trainer import TrainResult, resolve_device, train_model
+
+
+def _train(data: PreparedData, config: MIMEAConfig, **kwargs: object) -> TrainResult:
+    return train_model(config, data.inputs, torch.as_tensor(data.split.train),
+                       torch.as_tensor(data.split.valid), device=torch.device("cpu"),
+                       progress=False, **kwargs)  # type: ignore[arg-type]
+
+
+def _config(tiny_overrides: list[str], *extra: str) -> MIMEAConfig:
+    return load_config(None, [*tiny_overrides, *extra])
+
+
+def test_on_epoch_sees_every_epoch(synthetic_dir: Path, tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides, "training.epochs=4", "training.valid_every=2")
+    records: list[dict[str, float]] = []
+    result = _train(prepare(synthetic_dir, config), config, on_epoch=records.append)
+    assert [r["epoch"] for r in records] == [1.0, 2.0, 3.0, 4.0]
+    assert records == result.history
+    assert ["valid_hits1" in r for r in records] == [False, True, False, True]
+    assert {"joint", "total"} <= set(records[0])
+
+
+def test_without_validation_pairs_trains_every_epoch(synthetic_dir: Path,
+                                                    tiny_overrides: list[str]) -> None:
+    # With no validation pairs nothing can select an earlier state: the run must neither stop
+    # early nor hand back the state of its first validation.
+    config = _config(tiny_overrides, "data.valid_fraction=0.0", "training.epochs=12",
+                     "training.valid_every=2", "training.patience=2")
+    data = prepare(synthetic_dir, config)
+    assert len(data.split.valid) == 0
+    result = _train(data, config)
+    assert result.epochs == 12
+    assert result.best_epoch == 12
+
+
+def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
+                                              tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=2",
+                     "training.iteration_epochs=2", "training.patience=10")
+    data = prepare(synthetic_dir, config)
+    num_kg1 = data.data.num_kg1
+    rows = torch.arange(data.inputs.num_entities)
+    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    assert result.epochs == 2 + 2 * 2
+    assert result.pseudo_pairs >= 0
+
+
+def test_iterative_training_needs_candidates(synthetic_dir: Path,
+                                             tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides, "training.iterative=true")
+    with pytest.raises(ValueError, match="candidate_rows"):
+        _train(prepare(synthetic_dir, config), config)
+
+
+@pytest.mark.parametrize("name", ["cpu", "auto"])
+def test_resolve_device(name: str) -> None:
+    expected = "cuda" if name == "auto" and torch.cuda.is_available() else "cpu"
+    assert resolve_device(name).type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_rejected() -> None:
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
