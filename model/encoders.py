@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, SimpleConv
+from torch_geometric.utils import scatter
 
 
 class StructureEncoder(nn.Module):
@@ -35,6 +36,8 @@ class StructureEncoder(nn.Module):
         heads: attention heads per layer, averaged (default 1).
         dropout: dropout on layer inputs.
         concat_layers: output ``[h^0 || ... || h^L]`` (size ``(L+1)·d``) instead of ``h^L``.
+        relation_channel: add a second GAT stack whose input is the mean embedding of each
+            entity's incident relation types (what kinds of links it has, whoever they lead to).
         self_loops: let an entity attend to itself. Without them an entity is described only
             by its neighbours, so the free vectors of entities outside the seeds (noise) never
             reach their own representation.
@@ -45,7 +48,8 @@ class StructureEncoder(nn.Module):
 
     def __init__(self, num_entities: int, num_edge_types: int, hidden_dim: int,
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
-                 concat_layers: bool = True, self_loops: bool = True) -> None:
+                 concat_layers: bool = True, self_loops: bool = True,
+                 relation_channel: bool = False) -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -57,32 +61,48 @@ class StructureEncoder(nn.Module):
         self.smooth = SimpleConv(aggr="mean", combine_root="self_loop" if self_loops else None)
         edge_dim = hidden_dim if num_edge_types > 0 else None
         self.relation = nn.Embedding(num_edge_types, hidden_dim) if num_edge_types > 0 else None
-        self.layers = nn.ModuleList(
-            GATConv(hidden_dim, hidden_dim, heads=heads, concat=False, edge_dim=edge_dim,
-                    add_self_loops=self_loops, fill_value="mean")
-            for _ in range(num_layers)
-        )
-        self.out_dim = hidden_dim * (num_layers + 1 if concat_layers else 1)
+        self.layers = self._gat_stack(num_layers, heads, edge_dim)
+        self.relation_channel = relation_channel and self.relation is not None
+        self.relation_layers = (self._gat_stack(num_layers, heads, edge_dim)
+                                if self.relation_channel else None)
+        channels = 2 if self.relation_channel else 1
+        self.out_dim = channels * hidden_dim * (num_layers + 1 if concat_layers else 1)
         self.reset_parameters()
+
+    def _gat_stack(self, num_layers: int, heads: int, edge_dim: int | None) -> nn.ModuleList:
+        return nn.ModuleList(
+            GATConv(self.hidden_dim, self.hidden_dim, heads=heads, concat=False,
+                    edge_dim=edge_dim, add_self_loops=self.self_loops, fill_value="mean")
+            for _ in range(num_layers))
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.entity.weight)
         if self.relation is not None:
             nn.init.xavier_uniform_(self.relation.weight)
-        for layer in self.layers:
+        for layer in [*self.layers, *(self.relation_layers or [])]:
             layer.reset_parameters()
 
     def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
+        edge_attr = self.relation(edge_type) if self.relation is not None else None
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
-        h = self.smooth(self.entity.weight, edge_index)
-        edge_attr = self.relation(edge_type) if self.relation is not None else None
+        outputs = self._propagate(self.layers, self.smooth(self.entity.weight, edge_index),
+                                  edge_index, edge_attr)
+        if self.relation_layers is not None and edge_attr is not None:
+            # Second channel: an entity starts as the mean of its incident relation types.
+            start = scatter(edge_attr, edge_index[1], dim=0, dim_size=self.num_entities,
+                            reduce="mean")
+            outputs += self._propagate(self.relation_layers, start, edge_index, edge_attr)
+        return torch.cat(outputs, dim=-1)
+
+    def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, edge_index: torch.Tensor,
+                   edge_attr: torch.Tensor | None) -> list[torch.Tensor]:
         outputs = [h]
-        for layer in self.layers:
+        for layer in layers:
             h = F.dropout(h, p=self.dropout, training=self.training)
             h = torch.tanh(layer(h, edge_index, edge_attr=edge_attr))
             outputs.append(h)
-        return torch.cat(outputs, dim=-1) if self.concat_layers else outputs[-1]
+        return outputs if self.concat_layers else [outputs[-1]]
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.num_entities}, edge_types="

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Beta, kl_divergence
 
+MIN_CONCENTRATION = 2.0
+INITIAL_CONCENTRATION = 18.0  # softplus(18) + 2 ≈ 20: Beta(10, 10) at initialisation
+
 
 @dataclass(frozen=True)
 class FusionOutput:
@@ -34,11 +37,17 @@ class ProbabilityGuidedFusion(nn.Module):
 
     .. math::
         \tilde t = t + \mathrm{MHA}(t, t, t), \quad
-        (\alpha_m, \beta_m) = \mathrm{softplus}(W \tilde t_m) + \epsilon, \quad
+        (u_m, v_m) = W \tilde t_m + b, \quad
+        \mu_m = \sigma(u_m), \quad \kappa_m = \kappa_{min} + \mathrm{softplus}(v_m), \quad
+        (\alpha_m, \beta_m) = (\mu_m \kappa_m, (1 - \mu_m) \kappa_m), \quad
         c_m \sim \mathrm{Beta}(\alpha_m, \beta_m)
 
-    with a reparameterised sample in training and the mean :math:`\alpha/(\alpha+\beta)` at
-    inference. Confidences of missing modalities are zeroed and the rest normalised,
+    The head predicts the mean :math:`\mu` and the concentration :math:`\kappa` of the Beta
+    rather than :math:`(\alpha, \beta)` directly, and starts concentrated (:math:`\kappa \approx
+    20`): a flat or U-shaped Beta at initialisation would switch modalities on and off at random
+    in every training step. Sampling uses a reparameterised draw in training and the mean
+    :math:`\alpha/(\alpha+\beta)` at inference. Confidences of missing modalities are zeroed
+    and the rest normalised,
     :math:`w_m = c_m / \sum_{m'\,\text{present}} c_{m'}`, and
 
     .. math:: z = \big\Vert_m \; w_m \cdot h_m / \lVert h_m \rVert.
@@ -56,7 +65,7 @@ class ProbabilityGuidedFusion(nn.Module):
     """
 
     def __init__(self, in_dims: list[int], token_dim: int = 128, heads: int = 1,
-                 interaction: bool = True, prior: tuple[float, float] = (2.0, 2.0),
+                 interaction: bool = True, prior: tuple[float, float] = (5.0, 5.0),
                  learned: bool = True) -> None:
         super().__init__()
         if token_dim % heads:
@@ -69,6 +78,16 @@ class ProbabilityGuidedFusion(nn.Module):
         self.norm = nn.LayerNorm(token_dim)
         self.attention = nn.MultiheadAttention(token_dim, heads, batch_first=True)
         self.beta_head = nn.Linear(token_dim, 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for proj in self.tokens:
+            proj.reset_parameters()
+        self.norm.reset_parameters()
+        self.attention._reset_parameters()
+        nn.init.normal_(self.beta_head.weight, std=0.01)
+        with torch.no_grad():
+            self.beta_head.bias.copy_(torch.tensor([0.0, INITIAL_CONCENTRATION]))
 
     def forward(self, embeddings: list[torch.Tensor], mask: torch.Tensor) -> FusionOutput:
         """embeddings: M tensors ``[N, d_m]``; mask: bool ``[N, M]`` of present modalities."""
@@ -105,8 +124,10 @@ class ProbabilityGuidedFusion(nn.Module):
             attended, _ = self.attention(tokens, tokens, tokens, key_padding_mask=key_padding,
                                          need_weights=False)
             tokens = tokens + attended
-        params = F.softplus(self.beta_head(tokens)) + 1e-3
-        return params[..., 0], params[..., 1]
+        raw = self.beta_head(tokens)
+        mean = torch.sigmoid(raw[..., 0]).clamp(1e-4, 1 - 1e-4)
+        concentration = MIN_CONCENTRATION + F.softplus(raw[..., 1])
+        return mean * concentration, (1 - mean) * concentration
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(in_dims={self.in_dims}, "

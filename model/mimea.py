@@ -85,7 +85,7 @@ class MIMEA(nn.Module):
                     num_entities, num_edge_types if config.relation_aware else 0,
                     config.hidden_dim, num_layers=config.gat_layers, heads=config.gat_heads,
                     dropout=config.dropout, concat_layers=config.concat_layers,
-                    self_loops=config.self_loops)
+                    self_loops=config.self_loops, relation_channel=config.relation_channel)
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
                                                 dropout=config.dropout)

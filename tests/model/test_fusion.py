@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.fusion import FusionOutput, ProbabilityGuidedFusion
+from model.fusion import MIN_CONCENTRATION, FusionOutput, ProbabilityGuidedFusion
 
 DIMS = [6, 4, 5]
 N = 10
@@ -141,11 +141,14 @@ def test_kl_is_non_negative_and_finite(training: bool) -> None:
 
 def test_kl_is_zero_at_the_prior() -> None:
     fusion = _fusion().eval()
-    with torch.no_grad():  # softplus(b) + 1e-3 = 2 for every token: alpha = beta = prior
+    a0, b0 = (float(v) for v in fusion.prior)
+    concentration = torch.tensor(a0 + b0 - MIN_CONCENTRATION)
+    with torch.no_grad():  # mean a0/(a0+b0) = 1/2, concentration a0 + b0: alpha, beta = prior
         fusion.beta_head.weight.zero_()
-        fusion.beta_head.bias.fill_(float(torch.log(torch.expm1(torch.tensor(2.0 - 1e-3)))))
+        fusion.beta_head.bias.copy_(torch.stack([torch.tensor(0.0),
+                                                 torch.log(torch.expm1(concentration))]))
     out = fusion(_embeddings(), _mask())
-    torch.testing.assert_close(out.alpha, torch.full((N, len(DIMS)), 2.0))
+    torch.testing.assert_close(out.alpha, torch.full((N, len(DIMS)), a0))
     assert float(out.kl.detach()) == pytest.approx(0.0, abs=1e-5)
 
 

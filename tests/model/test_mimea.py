@@ -29,7 +29,8 @@ def test_forward_shapes(model_config: ConfigFactory, graph_inputs: GraphInputs) 
     out = model(graph_inputs)
     assert isinstance(out, MIMEAOutput)
     assert model.modalities == list(MODALITIES)
-    structure_dim = (config.gat_layers + 1) * config.hidden_dim
+    channels = 2 if config.relation_channel else 1
+    structure_dim = channels * (config.gat_layers + 1) * config.hidden_dim
     assert [h.shape for h in out.modal] == [(N, structure_dim)] + [(N, config.hidden_dim)] * 3
     assert model.out_dims == [structure_dim] + [config.hidden_dim] * 3
     assert out.mask.shape == (N, 4) and out.mask.dtype == torch.bool
@@ -103,5 +104,6 @@ def test_graph_inputs_to_device_keeps_content(graph_inputs: GraphInputs) -> None
 
 
 def test_repr(model_config: ConfigFactory, make_inputs: InputsFactory) -> None:
-    model = build(model_config(concat_layers=False), make_inputs(features=("visual",)))
+    model = build(model_config(concat_layers=False, relation_channel=False),
+                  make_inputs(features=("visual",)))
     assert repr(model) == "MIMEA(modalities=['structure', 'visual'], joint_dim=32)"

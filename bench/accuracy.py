@@ -1,0 +1,156 @@
+"""Accuracy benchmark: train and evaluate MIMEA on the real benchmark pairs.
+
+Runs the full model on DBP15K zh_en (30% seeds) and FB15K-DB15K (20% seeds), optionally the
+iterative variant and the ablations (each module and each modality off), and writes
+``bench/results/accuracy.json`` and the ``## Accuracy`` table of ``BENCHMARKS.md``.
+
+    python bench/accuracy.py                       # full runs
+    python bench/accuracy.py --only ablations --ablation-epochs 20
+    python bench/accuracy.py --only zh_en --variant iterative
+
+Every run appends to the results file as soon as it ends, so a long sweep can be resumed
+with ``--skip-done``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.config import load_config  # noqa: E402
+from training.pipeline import run_training  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+DATASETS = {"dbp15k/zh_en": 0.3, "fbdb15k": 0.2}
+ABLATIONS: dict[str, list[str]] = {
+    "w/o fusion (uniform weights)": ["model.fusion=false"],
+    "w/o OT alignment": ["model.ot_alignment=false"],
+    "w/o modal contrastive": ["model.modal_contrastive=false"],
+    "w/o modal-adaptive weights": ["model.modal_adaptive=false"],
+    "w/o structure": ["model.modalities.structure=false"],
+    "w/o relation types": ["model.modalities.relation=false"],
+    "w/o attributes": ["model.modalities.attribute=false"],
+}
+
+
+def run_one(dataset: str, variant: str, overrides: list[str], config_file: Path | None,
+            iterative: bool) -> dict[str, Any]:
+    """Train one variant and return its row for ``accuracy.json``."""
+    train_ratio = DATASETS[dataset]
+    config = load_config(config_file, [f"data.train_ratio={train_ratio}",
+                                       f"training.iterative={str(iterative).lower()}",
+                                       *overrides])
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run_training(DATA / dataset, Path(tmp) / "checkpoint", config,
+                               progress=False)
+    test = metrics["test"]["csls"]["kg1_to_kg2"]
+    return {
+        "dataset": dataset, "train_ratio": train_ratio, "iterative": iterative,
+        "variant": variant, "overrides": overrides,
+        "hits1": round(test["hits1"], 4), "hits10": round(test["hits10"], 4),
+        "mrr": round(test["mrr"], 4), "mr": round(test["mr"], 2),
+        "cosine_hits1": round(metrics["test"]["cosine"]["kg1_to_kg2"]["hits1"], 4),
+        "reverse_hits1": round(metrics["test"]["csls"]["kg2_to_kg1"]["hits1"], 4),
+        "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
+        "wall_s": round(metrics["wall_s"], 1), "s_per_epoch": round(metrics["s_per_epoch"], 2),
+    }
+
+
+def plan(only: str | None, ablation_epochs: int) -> list[tuple[str, str, list[str], bool]]:
+    runs: list[tuple[str, str, list[str], bool]] = []
+    if only in (None, "zh_en"):
+        runs.append(("dbp15k/zh_en", "full", [], False))
+        runs.append(("dbp15k/zh_en", "full", [], True))
+    if only in (None, "fbdb15k"):
+        runs.append(("fbdb15k", "full", [], False))
+    if only in (None, "ablations"):
+        short = [f"training.epochs={ablation_epochs}"]
+        runs.append(("dbp15k/zh_en", f"full ({ablation_epochs} epochs)", short, False))
+        for name, overrides in ABLATIONS.items():
+            runs.append(("dbp15k/zh_en", f"{name} ({ablation_epochs} epochs)",
+                         [*short, *overrides], False))
+    return runs
+
+
+def load_results() -> dict[str, Any]:
+    if RESULTS.is_file():
+        return json.loads(RESULTS.read_text(encoding="utf-8"))
+    return {"runs": []}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_table(results)
+
+
+def write_table(results: dict[str, Any]) -> None:
+    """Replace the ``## Accuracy`` results table in BENCHMARKS.md (other sections kept)."""
+    lines = ["| dataset | seeds | iterative | variant | Hits@1 | Hits@10 | MRR | MR | "
+             "Hits@1 (cos) | Hits@1 KG2→KG1 | epochs | wall (s) | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['dataset']} | {r['train_ratio']:.0%} | {'yes' if r['iterative'] else 'no'} "
+            f"| {r['variant']} | {r['hits1']:.3f} | {r['hits10']:.3f} | {r['mrr']:.3f} "
+            f"| {r['mr']:.1f} | {r['cosine_hits1']:.3f} | {r['reverse_hits1']:.3f} "
+            f"| {r['epochs']} | {r['wall_s']:.0f} | {r['s_per_epoch']:.1f} |")
+    table = "\n".join(lines)
+    begin, end = "<!-- accuracy-table:begin -->", "<!-- accuracy-table:end -->"
+    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Accuracy\n\n{block}\n"
+    BENCHMARKS.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["zh_en", "fbdb15k", "ablations"])
+    parser.add_argument("--variant", choices=["full", "iterative"],
+                        help="with --only zh_en: run just this variant")
+    parser.add_argument("--config", type=Path, help="configuration file for every run")
+    parser.add_argument("--ablation-epochs", type=int, default=30)
+    parser.add_argument("--skip-done", action="store_true",
+                        help="skip runs already in the results file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    missing = [d for d in DATASETS if not (DATA / d).is_dir()]
+    if missing:
+        print(f"skipping the accuracy benchmark: {', '.join(str(DATA / d) for d in missing)} "
+              "not found (the benchmark needs the shared data folder)")
+        return 0
+    results = load_results()
+    runs = plan(args.only, args.ablation_epochs)
+    if args.variant:
+        runs = [r for r in runs if r[3] == (args.variant == "iterative")]
+    for dataset, variant, overrides, iterative in runs:
+        done = any(r["dataset"] == dataset and r["variant"] == variant
+                   and r["iterative"] == iterative for r in results["runs"])
+        if done and args.skip_done:
+            continue
+        row = run_one(dataset, variant, overrides, args.config, iterative)
+        print(json.dumps(row), flush=True)
+        results["runs"] = [r for r in results["runs"]
+                           if not (r["dataset"] == dataset and r["variant"] == variant
+                                   and r["iterative"] == iterative)] + [row]
+        save_results(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
