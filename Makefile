@@ -10,6 +10,7 @@ REDIS_PORT ?= 6379
 
 DEMO_DATA       := demo/data
 DEMO_CHECKPOINT := demo/checkpoint
+DEMO_CONFIG     := configs/demo.toml
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -71,7 +72,8 @@ $(DEMO_DATA): | $(STAMP)
 	mv $@.tmp $@
 
 $(DEMO_CHECKPOINT): | $(DEMO_DATA)
-	$(BIN)/mimea train --data $(DEMO_DATA) --out $@
+	@echo "training the demo model with $(DEMO_CONFIG) into $@ (a few minutes on a CPU)"
+	$(BIN)/mimea train --data $(DEMO_DATA) --out $@ --config $(DEMO_CONFIG) --quiet
 
 demo: $(DEMO_CHECKPOINT)
 

@@ -36,14 +36,14 @@ class ModalityConfig(_Strict):
 class ModelConfig(_Strict):
     """Sizes and switches of the network (``model/``)."""
 
-    hidden_dim: int = Field(300, ge=8, le=2048, description="d, size of every uni-modal output")
+    hidden_dim: int = Field(128, ge=8, le=2048, description="d, size of every uni-modal output")
     gat_layers: int = Field(2, ge=1, le=4)
     gat_heads: int = Field(1, ge=1, le=8)
     relation_aware: bool = Field(True, description="relation embeddings as GAT edge features")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
     relation_channel: bool = Field(True, description="second GAT stack over relation types")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     modalities: ModalityConfig = ModalityConfig()
     fusion: bool = Field(True, description="probability-guided fusion; off = uniform weights")
     fusion_interaction: bool = Field(True, description="cross-modal attention before the Beta head")
@@ -59,12 +59,13 @@ class LossConfig(_Strict):
     """Weights and shapes of the training objective."""
 
     joint_loss: Literal["lse", "infonce"] = "lse"
+    modal_loss: Literal["lse", "infonce"] = "lse"
     gamma: float = Field(1.0, ge=0.0, description="margin of the LogSumExp loss")
     lse_scale: float = Field(30.0, gt=0.0, description="lambda of the LogSumExp loss")
     lse_shift: float = Field(10.0, description="tau of the LogSumExp loss")
-    negatives: int = Field(4096, ge=0, description="entities sampled as extra LSE negatives")
+    negatives: int = Field(2048, ge=0, description="entities sampled as extra LSE negatives")
     temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature")
-    modal_weight: float = Field(0.5, ge=0.0)
+    modal_weight: float = Field(1.0, ge=0.0)
     ot_weight: float = Field(0.1, ge=0.0)
     ot_batch: int = Field(256, ge=8)
     kl_weight: float = Field(0.001, ge=0.0)
@@ -73,15 +74,15 @@ class LossConfig(_Strict):
 class TrainingConfig(_Strict):
     """Optimisation, model selection and pseudo-labelling."""
 
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
-    lr: float = Field(0.005, gt=0.0)
+    lr: float = Field(0.001, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    valid_every: int = Field(5, ge=1)
+    valid_every: int = Field(3, ge=1)
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
     iterative: bool = False
     iterations: int = Field(3, ge=1)
-    iteration_epochs: int = Field(30, ge=1)
+    iteration_epochs: int = Field(5, ge=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

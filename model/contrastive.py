@@ -12,8 +12,13 @@ each modality's pairs by the fusion confidences of the two entities.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(embeddings [N, d], keep [B] bool) → loss of each kept seed pair [K]``."""
 
 
 def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Tensor,
@@ -83,8 +88,13 @@ def pair_confidence(weights: torch.Tensor, left_index: torch.Tensor,
 
 def modal_adaptive_loss(modal: list[torch.Tensor], mask: torch.Tensor, weights: torch.Tensor,
                         left_index: torch.Tensor, right_index: torch.Tensor, *,
-                        temperature: float = 0.1, adaptive: bool = True) -> torch.Tensor:
-    r"""Sum over modalities of InfoNCE on the seed pairs, each pair weighted by its confidence.
+                        temperature: float = 0.1, adaptive: bool = True,
+                        pair_loss: PairLoss | None = None) -> torch.Tensor:
+    r"""Sum over modalities of a pair loss on the seed pairs, each pair weighted by its confidence.
+
+    ``pair_loss`` defaults to in-batch InfoNCE; the objective passes the LogSumExp loss with the
+    same negatives as the joint term, so that each modality learns as well on its own as it
+    would alone and no modality starves while the fusion still favours another.
 
     .. math::
         \mathcal{L}_{modal} = \sum_m \frac{1}{|B|} \sum_{(l,r) \in B} c_m(l, r)\,
@@ -105,7 +115,10 @@ def modal_adaptive_loss(modal: list[torch.Tensor], mask: torch.Tensor, weights: 
         keep = present[:, i] > 0
         if int(keep.sum()) < 2:
             continue
-        per_pair = infonce_pair_loss(h[left_index[keep]], h[right_index[keep]],
-                                     temperature=temperature)
+        if pair_loss is None:
+            per_pair = infonce_pair_loss(h[left_index[keep]], h[right_index[keep]],
+                                         temperature=temperature)
+        else:
+            per_pair = pair_loss(h, keep)
         total = total + (confidence[keep, i] * per_pair).sum() / len(left_index)
     return total

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.config import LossConfig, ModelConfig
-from model.contrastive import infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
+from model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
 from model.mimea import MIMEA, MIMEAOutput
 
 
@@ -24,23 +24,14 @@ def alignment_objective(model: MIMEA, output: MIMEAOutput, left: torch.Tensor,
     """
     config: ModelConfig = model.config
     joint = output.joint
-    if loss.joint_loss == "lse":
-        candidates = torch.cat([left, right])
-        if loss.negatives > 0:
-            sampled = torch.randint(len(joint), (loss.negatives,), device=left.device)
-            candidates = torch.cat([candidates, sampled])
-        local = torch.arange(len(left), device=left.device)
-        joint_term = lse_pair_loss(joint[left], joint[right], joint[candidates], local,
-                                   local + len(left), gamma=loss.gamma, scale=loss.lse_scale,
-                                   shift=loss.lse_shift).mean()
-    else:
-        joint_term = infonce_pair_loss(joint[left], joint[right],
-                                       temperature=loss.temperature).mean()
-    terms = {"joint": joint_term}
+    everyone = torch.ones_like(left, dtype=torch.bool)
+    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, len(joint))(
+        joint, everyone).mean()}
     if config.modal_contrastive and loss.modal_weight > 0:
         terms["modal"] = loss.modal_weight * modal_adaptive_loss(
             output.modal, output.mask, output.fusion.weights, left, right,
-            temperature=loss.temperature, adaptive=config.modal_adaptive)
+            adaptive=config.modal_adaptive,
+            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, len(joint)))
     if model.ot is not None and loss.ot_weight > 0:
         sample = torch.cat([left, right])
         if len(sample) > loss.ot_batch:
@@ -52,3 +43,24 @@ def alignment_objective(model: MIMEA, output: MIMEAOutput, left: torch.Tensor,
         terms["kl"] = loss.kl_weight * output.fusion.kl
     terms["total"] = torch.stack(list(terms.values())).sum()
     return terms
+
+
+def _pair_loss(kind: str, loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
+               num_entities: int) -> PairLoss:
+    """The per-pair loss of one batch; LSE candidates are the batch plus sampled entities."""
+    if kind == "infonce":
+        def infonce(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return infonce_pair_loss(h[left[keep]], h[right[keep]], temperature=loss.temperature)
+        return infonce
+
+    candidates = torch.cat([left, right])
+    if loss.negatives > 0:
+        sampled = torch.randint(num_entities, (loss.negatives,), device=left.device)
+        candidates = torch.cat([candidates, sampled])
+    local = torch.arange(len(left), device=left.device)
+
+    def lse(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return lse_pair_loss(h[left[keep]], h[right[keep]], h[candidates], local[keep],
+                             local[keep] + len(left), gamma=loss.gamma, scale=loss.lse_scale,
+                             shift=loss.lse_shift)
+    return lse

@@ -136,6 +136,10 @@ def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
     }
     if len(split.valid):
         metrics["valid"] = evaluate_embeddings(joint, split.valid, k)
+    if result.base is not None:
+        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, k),
+                           "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,
+                           "train_s": result.base.wall_s}
     return metrics
 
 

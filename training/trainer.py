@@ -32,6 +32,17 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     pseudo_pairs: int = 0
     wall_s: float = 0.0
+    base: BaseStage | None = None
+
+
+@dataclass(frozen=True)
+class BaseStage:
+    """The model selected before pseudo-labelling began (iterative runs only)."""
+
+    joint: torch.Tensor
+    epochs: int
+    best_epoch: int
+    wall_s: float
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,9 +94,13 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     run = _Run(config, model, inputs, valid_pairs.to(device), progress, on_epoch)
     run.fit(train_pairs, config.training.epochs)
     pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
+    base = None
     if config.training.iterative:
         if candidate_rows is None:
             raise ValueError("iterative training needs candidate_rows")
+        model.load_state_dict(run.best_state)
+        base = BaseStage(joint=infer(model, inputs).joint.cpu(), epochs=run.epoch,
+                         best_epoch=run.best_epoch, wall_s=time.perf_counter() - start)
         previous: set[tuple[int, int]] = set()
         for round_no in range(config.training.iterations):
             model.load_state_dict(run.best_state)
@@ -106,7 +121,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     model.eval()
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
-                       pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start)
+                       pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base)
 
 
 class _Run:
