@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Self
 
 import torch
 from torch import nn
@@ -29,15 +30,12 @@ class GraphInputs:
     features: Mapping[str, torch.Tensor]
     masks: Mapping[str, torch.Tensor]
 
-    def to(self, device: torch.device | str) -> GraphInputs:
-        return GraphInputs(
-            num_entities=self.num_entities,
-            edge_index=self.edge_index.to(device),
-            edge_type=self.edge_type.to(device),
-            num_edge_types=self.num_edge_types,
-            features={k: v.to(device) for k, v in self.features.items()},
-            masks={k: v.to(device) for k, v in self.masks.items()},
-        )
+    def to(self, device: torch.device | str) -> Self:
+        """A copy with every tensor on ``device`` (subclasses keep their extra fields)."""
+        return replace(self, edge_index=self.edge_index.to(device),
+                       edge_type=self.edge_type.to(device),
+                       features={k: v.to(device) for k, v in self.features.items()},
+                       masks={k: v.to(device) for k, v in self.masks.items()})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from model.mimea import GraphInputs
 from training.data import KGPairData
 
 logger = logging.getLogger(__name__)
@@ -48,34 +49,20 @@ class FeatureOptions:
             raise ValueError(f"numeric_top_k must be >= 0, got {self.numeric_top_k}")
 
 
-@dataclass
-class ModalInputs:
-    """Model inputs for all N entities (rows as in :class:`KGPairData`)."""
+@dataclass(frozen=True)
+class ModalInputs(GraphInputs):
+    """Model inputs for all N entities (rows as in :class:`KGPairData`), with column labels.
 
-    num_entities: int
-    edge_index: torch.Tensor  # long [2, E], both directions, no self-loops
-    edge_type: torch.Tensor  # long [E]: r for h->t, r + R for t->h
-    num_edge_types: int  # 2R
-    features: dict[str, torch.Tensor]  # float32 [N, D_m] per modality present in the data
-    masks: dict[str, torch.Tensor]  # bool [N]: "structure" and each key of ``features``
-    feature_names: dict[str, list[str]] = field(default_factory=dict)  # column labels
+    edge_index ``[2, E]`` holds both directions and no self-loops; edge_type is r for h→t and
+    r + R for t→h (so num_edge_types = 2R); ``masks`` has "structure" and each feature modality.
+    """
+
+    feature_names: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
         """Modality names in a fixed order: structure first, then the feature modalities."""
         return ["structure", *self.features]
-
-    def to(self, device: torch.device | str) -> ModalInputs:
-        """A copy with every tensor on ``device``."""
-        return ModalInputs(
-            num_entities=self.num_entities,
-            edge_index=self.edge_index.to(device),
-            edge_type=self.edge_type.to(device),
-            num_edge_types=self.num_edge_types,
-            features={k: v.to(device) for k, v in self.features.items()},
-            masks={k: v.to(device) for k, v in self.masks.items()},
-            feature_names=self.feature_names,
-        )
 
 
 def local_name(attribute: str) -> str:

@@ -17,7 +17,7 @@ from model.config import MIMEAConfig
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
 from training.evaluation import evaluate_pairs
-from training.features import FeatureOptions, ModalInputs, build_modal_inputs
+from training.features import FeatureOptions, build_modal_inputs
 from training.split import AlignmentSplit, split_pairs
 from training.trainer import TrainResult, infer, resolve_device, train_model
 
@@ -31,12 +31,6 @@ class PreparedData:
     split: AlignmentSplit
 
 
-def graph_inputs(inputs: ModalInputs) -> GraphInputs:
-    return GraphInputs(num_entities=inputs.num_entities, edge_index=inputs.edge_index,
-                       edge_type=inputs.edge_type, num_edge_types=inputs.num_edge_types,
-                       features=inputs.features, masks=inputs.masks)
-
-
 def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
             allow_pickle: bool = False) -> PreparedData:
     """Load and validate the KG pair, build features and split the gold pairs."""
@@ -44,7 +38,7 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
     options = FeatureOptions(relation_top_k=config.data.relation_top_k,
                              attribute_top_k=config.data.attribute_top_k,
                              use_attribute_values=config.data.use_attribute_values)
-    inputs = graph_inputs(build_modal_inputs(data, options))
+    inputs = build_modal_inputs(data, options)
     split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
                         valid_fraction=config.data.valid_fraction, seed=config.training.seed)
     return PreparedData(data=data, inputs=inputs, split=split)

@@ -161,6 +161,8 @@ class _Run:
             elif self.epoch % cfg.valid_every == 0 or _ == epochs - 1:
                 score = self._validate()
                 record["valid_hits1"] = score
+                logger.info("epoch %d: loss %.3f, valid Hits@1 %.4f", self.epoch,
+                            losses["total"], score)
                 if score > self.best_score:
                     self.best_score, self.best_epoch, stale = score, self.epoch, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,6 @@ def build_graph_inputs(num_entities: int = NUM_ENTITIES, *, num_edges: int = 80,
         masks[name] = mask
     return GraphInputs(num_entities=num_entities, edge_index=edge_index, edge_type=edge_type,
                        num_edge_types=NUM_EDGE_TYPES, features=feats, masks=masks)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny tensors: thread start-up costs more than it saves, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=list(ABLATIONS.values()), ids=list(ABLATIONS))

@@ -25,7 +25,6 @@ def test_defaults_are_valid() -> None:
     assert isinstance(config, MIMEAConfig)
     assert config == MIMEAConfig()
     assert config.model.modalities.enabled() == list(MODALITIES)
-    assert config.model.hidden_dim == 300 and config.training.epochs == 60
 
 
 def test_config_round_trips_through_json() -> None:
