@@ -37,7 +37,6 @@ ABLATIONS: dict[str, list[str]] = {
     "w/o fusion (uniform weights)": ["model.fusion=false"],
     "w/o OT alignment": ["model.ot_alignment=false"],
     "w/o modal contrastive": ["model.modal_contrastive=false"],
-    "w/o modal-adaptive weights": ["model.modal_adaptive=false"],
     "w/o structure": ["model.modalities.structure=false"],
     "w/o relation types": ["model.modalities.relation=false"],
     "w/o attributes": ["model.modalities.attribute=false"],

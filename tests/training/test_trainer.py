@@ -55,6 +55,14 @@ def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
     result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
     assert result.epochs == 2 + 2 * 2
     assert result.pseudo_pairs >= 0
+    assert result.base is not None and result.base.epochs == 2
+    assert result.base.joint.shape[0] == data.inputs.num_entities
+
+
+def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
+                                                  tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides)
+    assert _train(prepare(synthetic_dir, config), config).base is None
 
 
 def test_iterative_training_needs_candidates(synthetic_dir: Path,
