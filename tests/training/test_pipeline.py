@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow  # end to end; selected by default (no -m filter in pyproject)
 
-# Measured on the loaded 2-core dev machine (Hits@1 0.61 for this seed, 0.61-0.79 across
-# training seeds 1-3 and 42; chance is 1/378): a threshold with a wide margin.
-MIN_TEST_HITS1 = 0.35
+# Measured on a loaded 2-core machine: Hits@1 0.47-0.70 for this pair across configurations
+# close to FAST_OVERRIDES (chance is 1/378); the threshold leaves a margin for that spread.
+MIN_TEST_HITS1 = 0.4
 DIRECTIONS = {"kg1_to_kg2", "kg2_to_kg1"}
 METRICS = {"hits1", "hits10", "mrr", "mr"}
 
