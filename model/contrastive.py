@@ -93,7 +93,8 @@ def modal_adaptive_loss(modal: list[torch.Tensor], mask: torch.Tensor, weights: 
     r"""Sum over modalities of a pair loss on the seed pairs, each pair weighted by its confidence.
 
     ``pair_loss`` defaults to in-batch InfoNCE; the objective passes the LogSumExp loss with the
-    same negatives as the joint term, so that each modality learns as well on its own as it
+    same kind of negatives as the joint term (the batch plus entities sampled from the whole
+    graph), so that each modality learns as well on its own as it
     would alone and no modality starves while the fusion still favours another.
 
     .. math::

@@ -99,15 +99,16 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
         if candidate_rows is None:
             raise ValueError("iterative training needs candidate_rows")
         model.load_state_dict(run.best_state)
-        base = BaseStage(joint=infer(model, inputs).joint.cpu(), epochs=run.epoch,
-                         best_epoch=run.best_epoch, wall_s=time.perf_counter() - start)
+        joint = infer(model, inputs).joint
+        base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
+                         wall_s=time.perf_counter() - start)
         previous: set[tuple[int, int]] = set()
         for round_no in range(config.training.iterations):
-            model.load_state_dict(run.best_state)
-            found = mutual_nearest_pairs(infer(model, inputs).joint,
-                                         candidate_rows[0].to(device),
-                                         candidate_rows[1].to(device),
-                                         k=config.eval.csls_k)
+            if round_no > 0:
+                model.load_state_dict(run.best_state)
+                joint = infer(model, inputs).joint
+            found = mutual_nearest_pairs(joint, candidate_rows[0].to(device),
+                                         candidate_rows[1].to(device), k=config.eval.csls_k)
             current = {tuple(p) for p in found.tolist()}
             stable = sorted(current & previous) if previous else []
             previous = current
@@ -115,8 +116,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
                         len(current), len(stable))
-            run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs,
-                    reset_patience=True)
+            run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
@@ -145,11 +145,10 @@ class _Run:
         self.history: list[dict[str, float]] = []
         self.generator = torch.Generator().manual_seed(config.training.seed)
 
-    def fit(self, pairs: torch.Tensor, epochs: int, reset_patience: bool = False) -> None:
+    def fit(self, pairs: torch.Tensor, epochs: int) -> None:
+        """Train for up to ``epochs`` more epochs; patience counts from this call."""
         cfg = self.config.training
         stale = 0
-        if reset_patience:
-            self.best_score = self._validate()
         bar = tqdm(range(epochs), desc="train", disable=not self.progress, leave=False)
         for _ in bar:
             self.epoch += 1
