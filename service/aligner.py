@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model.device import resolve_device
 from service.errors import StartupError
 from service.index import KGIndex, build_index, gpu_count, set_threads
 from service.settings import Settings
@@ -45,15 +46,6 @@ CSLS_POOL_FACTOR = 4
 SUGGESTIONS = 5
 SUGGESTION_WINDOW = 300
 _CHUNK = 4096
-
-
-def resolve_device(requested: str) -> torch.device:
-    """Map ``auto|cpu|cuda`` to a torch device; asking for cuda without one is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise StartupError("device 'cuda' was requested but torch sees no GPU")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def csls_pool_size(k: int, kg_size: int) -> int:
@@ -70,7 +62,10 @@ class Aligner:
 
     def __init__(self, checkpoint: Checkpoint, settings: Settings) -> None:
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        try:
+            self.device = resolve_device(settings.device)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
         self.model_version = checkpoint.model_version
         self.modalities = checkpoint.modalities
         self.config = checkpoint.config

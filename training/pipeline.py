@@ -14,12 +14,13 @@ import torch
 
 from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
 from model.config import MIMEAConfig
+from model.device import resolve_device
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
 from training.evaluation import evaluate_pairs
 from training.features import FeatureOptions, build_modal_inputs
 from training.split import AlignmentSplit, split_pairs
-from training.trainer import TrainResult, infer, resolve_device, train_model
+from training.trainer import TrainResult, infer, train_model
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from model.config import MIMEAConfig, load_config
+from model.device import resolve_device
 from training.pipeline import PreparedData, prepare
-from training.trainer import TrainResult, resolve_device, train_model
+from training.trainer import TrainResult, train_model
 
 
 def _train(data: PreparedData, config: MIMEAConfig, **kwargs: object) -> TrainResult:
