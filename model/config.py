@@ -43,7 +43,10 @@ class ModelConfig(_Strict):
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
     relation_channel: bool = Field(True, description="second GAT stack over relation types")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    proxies: int = Field(0, ge=0, le=1024, description="proxy vectors for proxy matching")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on encoder layer inputs")
+    structure_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                     description="on the structure encoder's output")
     modalities: ModalityConfig = ModalityConfig()
     fusion: bool = Field(True, description="probability-guided fusion; off = uniform weights")
     fusion_interaction: bool = Field(True, description="cross-modal attention before the Beta head")
@@ -63,7 +66,9 @@ class LossConfig(_Strict):
     gamma: float = Field(1.0, ge=0.0, description="margin of the LogSumExp loss")
     lse_scale: float = Field(30.0, gt=0.0, description="lambda of the LogSumExp loss")
     lse_shift: float = Field(10.0, description="tau of the LogSumExp loss")
-    negatives: int = Field(2048, ge=0, description="entities sampled as extra LSE negatives")
+    negatives: int = Field(2048, ge=0, description="entities sampled as extra negatives of the "
+                           "joint LSE term; at least the number of entities means every entity")
+    modal_negatives: int = Field(2048, ge=0, description="the same for each modality's term")
     temperature: float = Field(0.1, gt=0.0, description="InfoNCE temperature")
     modal_weight: float = Field(1.0, ge=0.0)
     ot_weight: float = Field(0.1, ge=0.0)

@@ -21,10 +21,13 @@ class StructureEncoder(nn.Module):
         h_i^{(l+1)} = \tanh\Big(\sum_{j \in \mathcal{N}(i) \cup \{i\}}
             \alpha_{ij}^{(l)} W^{(l)} h_j^{(l)}\Big), \quad
         \alpha_{ij}^{(l)} = \operatorname{softmax}_j\big(\mathrm{LeakyReLU}(
-            a^\top [W h_i \,\|\, W h_j \,\|\, W_e r_{ij}])\big)
+            a^\top [W h_i \,\|\, W h_j] + b^{(l)} s_{r_{ij}})\big)
 
-    where :math:`r_{ij}` is the embedding of the edge's relation type (inverse relations have
-    their own type), so attention depends on how two entities are related. The output is the
+    where :math:`s_{r}` is a learned score of the edge's relation type :math:`r` (inverse
+    relations have their own type), so attention depends on how two entities are related.
+    ``GATConv`` only ever reduces an edge feature to one attention logit per head, so a scalar
+    per type is as expressive as a relation embedding there and avoids an ``[E, d]`` projection
+    per layer, which dominated the step time on large graphs. The output is the
     concatenation of every layer's representation (``concat_layers``), which keeps both the
     entity's own signal and its neighbourhood's.
 
@@ -38,6 +41,10 @@ class StructureEncoder(nn.Module):
         concat_layers: output ``[h^0 || ... || h^L]`` (size ``(L+1)·d``) instead of ``h^L``.
         relation_channel: add a second GAT stack whose input is the mean embedding of each
             entity's incident relation types (what kinds of links it has, whoever they lead to).
+        proxies: number of shared proxy vectors for proxy matching (0 disables it), see
+            :class:`ProxyMatching`.
+        output_dropout: dropout on the final representation (each coordinate of the
+            concatenated layers), which keeps the alignment from resting on a few coordinates.
         self_loops: let an entity attend to itself. Without them an entity is described only
             by its neighbours, so the free vectors of entities outside the seeds (noise) never
             reach their own representation.
@@ -49,7 +56,8 @@ class StructureEncoder(nn.Module):
     def __init__(self, num_entities: int, num_edge_types: int, hidden_dim: int,
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
                  concat_layers: bool = True, self_loops: bool = True,
-                 relation_channel: bool = False) -> None:
+                 relation_channel: bool = False, proxies: int = 0,
+                 output_dropout: float = 0.0) -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -59,14 +67,19 @@ class StructureEncoder(nn.Module):
         self.entity = nn.Embedding(num_entities, hidden_dim)
         self.self_loops = self_loops
         self.smooth = SimpleConv(aggr="mean", combine_root="self_loop" if self_loops else None)
-        edge_dim = hidden_dim if num_edge_types > 0 else None
-        self.relation = nn.Embedding(num_edge_types, hidden_dim) if num_edge_types > 0 else None
+        relation_aware = num_edge_types > 0
+        edge_dim = 1 if relation_aware else None
+        self.edge_score = nn.Embedding(num_edge_types, 1) if relation_aware else None
         self.layers = self._gat_stack(num_layers, heads, edge_dim)
-        self.relation_channel = relation_channel and self.relation is not None
+        self.relation_channel = relation_channel and relation_aware
+        self.relation = (nn.Embedding(num_edge_types, hidden_dim)
+                         if self.relation_channel else None)
         self.relation_layers = (self._gat_stack(num_layers, heads, edge_dim)
                                 if self.relation_channel else None)
         channels = 2 if self.relation_channel else 1
         self.out_dim = channels * hidden_dim * (num_layers + 1 if concat_layers else 1)
+        self.proxy = ProxyMatching(self.out_dim, proxies) if proxies > 0 else None
+        self.output_dropout = output_dropout
         self.reset_parameters()
 
     def _gat_stack(self, num_layers: int, heads: int, edge_dim: int | None) -> nn.ModuleList:
@@ -77,26 +90,34 @@ class StructureEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.entity.weight)
+        if self.edge_score is not None:
+            nn.init.normal_(self.edge_score.weight)
         if self.relation is not None:
             nn.init.xavier_uniform_(self.relation.weight)
         for layer in [*self.layers, *(self.relation_layers or [])]:
             layer.reset_parameters()
+        if self.proxy is not None:
+            self.proxy.reset_parameters()
 
     def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
-        edge_attr = self.relation(edge_type) if self.relation is not None else None
+        edge_attr = self.edge_score(edge_type) if self.edge_score is not None else None
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
         outputs = self._propagate(self.layers, self.smooth(self.entity.weight, edge_index),
                                   edge_index, edge_attr)
-        if self.relation_layers is not None and edge_attr is not None:
+        if self.relation_layers is not None and self.relation is not None:
             # Second channel: an entity starts as the mean of its incident relation types.
-            start = scatter(edge_attr, edge_index[1], dim=0, dim_size=self.num_entities,
-                            reduce="mean")
+            start = scatter(self.relation(edge_type), edge_index[1], dim=0,
+                            dim_size=self.num_entities, reduce="mean")
             outputs += self._propagate(self.relation_layers, start, edge_index, edge_attr)
-        return torch.cat(outputs, dim=-1)
+        h = torch.cat(outputs, dim=-1)
+        if self.proxy is not None:
+            h = self.proxy(h)
+        return F.dropout(h, p=self.output_dropout, training=self.training)
 
     def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, edge_index: torch.Tensor,
                    edge_attr: torch.Tensor | None) -> list[torch.Tensor]:
+        h = torch.tanh(h)  # same range as the layers' outputs it is concatenated with
         outputs = [h]
         for layer in layers:
             h = F.dropout(h, p=self.dropout, training=self.training)
@@ -108,6 +129,41 @@ class StructureEncoder(nn.Module):
         return (f"{self.__class__.__name__}({self.num_entities}, edge_types="
                 f"{self.num_edge_types}, hidden={self.hidden_dim}, layers={len(self.layers)}, "
                 f"concat_layers={self.concat_layers})")
+
+
+class ProxyMatching(nn.Module):
+    r"""Encode every entity against a small set of shared proxy vectors, then gate.
+
+    .. math::
+        a_i = \operatorname{softmax}\big(\hat h_i \hat P^\top\big), \quad
+        p_i = h_i - a_i P, \quad
+        g_i = \sigma(W p_i + b), \quad
+        h'_i = g_i \odot h_i + (1 - g_i) \odot p_i
+
+    (hats: L2-normalised rows). The proxies are shared by both KGs, so :math:`p_i` describes an
+    entity by how it differs from common anchors rather than by its own coordinates, which is
+    what two KGs that were embedded separately have in common. The gate lets each coordinate
+    choose between the raw and the proxy-relative view.
+
+    Shapes: ``[N, dim]`` → ``[N, dim]``.
+    """
+
+    def __init__(self, dim: int, num_proxies: int) -> None:
+        super().__init__()
+        self.proxies = nn.Parameter(torch.empty(num_proxies, dim))
+        self.gate = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.proxies)
+        self.gate.reset_parameters()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        attention = torch.softmax(F.normalize(h, dim=-1) @ F.normalize(self.proxies, dim=-1).T,
+                                  dim=-1)
+        relative = h - attention @ self.proxies
+        gate = torch.sigmoid(self.gate(relative))
+        return gate * h + (1 - gate) * relative
 
 
 class FeatureEncoder(nn.Module):

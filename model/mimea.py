@@ -83,7 +83,8 @@ class MIMEA(nn.Module):
                     num_entities, num_edge_types if config.relation_aware else 0,
                     config.hidden_dim, num_layers=config.gat_layers, heads=config.gat_heads,
                     dropout=config.dropout, concat_layers=config.concat_layers,
-                    self_loops=config.self_loops, relation_channel=config.relation_channel)
+                    self_loops=config.self_loops, relation_channel=config.relation_channel,
+                    proxies=config.proxies, output_dropout=config.structure_dropout)
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
                                                 dropout=config.dropout)
@@ -97,15 +98,25 @@ class MIMEA(nn.Module):
         self.ot = OTModalAlignment(self.out_dims, self.joint_dim,
                                    epsilon=config.ot_epsilon) if config.ot_alignment else None
 
-    def forward(self, inputs: GraphInputs) -> MIMEAOutput:
+    def forward(self, inputs: GraphInputs, rows: torch.Tensor | None = None) -> MIMEAOutput:
+        """Embed every entity, or only ``rows`` (entity indices): the output's row ``i`` is
+        entity ``rows[i]``.
+
+        The structure encoder always runs over the whole graph (a GNN needs the neighbours);
+        ``rows`` only limits the feature encoders and the fusion, which is what makes a training
+        step cost the batch rather than the graph.
+        """
         modal = []
         masks = []
         for name, encoder in self.encoders.items():
             if name == "structure":
-                modal.append(encoder(inputs.edge_index, inputs.edge_type))
+                h = encoder(inputs.edge_index, inputs.edge_type)
+                modal.append(h if rows is None else h[rows])
             else:
-                modal.append(encoder(inputs.features[name]))
-            masks.append(inputs.masks[name])
+                x = inputs.features[name]
+                modal.append(encoder(x if rows is None else x[rows]))
+            mask = inputs.masks[name]
+            masks.append(mask if rows is None else mask[rows])
         mask = torch.stack(masks, dim=1)
         return MIMEAOutput(modal=modal, mask=mask, fusion=self.fusion(modal, mask))
 

@@ -6,32 +6,42 @@ import torch
 
 from model.config import LossConfig, ModelConfig
 from model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
-from model.mimea import MIMEA, MIMEAOutput
+from model.mimea import MIMEA, GraphInputs
 
 
-def alignment_objective(model: MIMEA, output: MIMEAOutput, left: torch.Tensor,
+def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
                         right: torch.Tensor, loss: LossConfig) -> dict[str, torch.Tensor]:
-    r"""Loss terms for a batch of seed pairs ``(left[i], right[i])`` (entity rows).
+    r"""Loss terms for a batch of seed pairs ``(left[i], right[i])`` (entity indices).
 
     .. math::
         \mathcal{L} = \mathcal{L}_{joint} + \lambda_{m}\mathcal{L}_{modal}
             + \lambda_{ot}\mathcal{L}_{OT} + \lambda_{kl}\,\mathrm{KL}
 
-    The LogSumExp joint loss takes its negatives from every entity of the batch (both sides)
-    plus ``loss.negatives`` entities drawn from the whole graph: without the latter, entities
-    outside the seed pairs are never pushed apart and collapse onto hubs. Returns every term and
-    ``total``.
+    The LogSumExp losses take their negatives from every entity of the batch (both sides)
+    plus entities drawn from the whole graph (``loss.negatives`` for the joint term,
+    ``loss.modal_negatives`` for the modality terms; every entity once when the count is at
+    least the graph's size): without them, entities outside the seed pairs are never pushed
+    apart and collapse onto hubs. Only those entities
+    are fused (see :meth:`MIMEA.forward`). Returns every term and ``total``.
     """
     config: ModelConfig = model.config
+    size = len(left)
+    joint_negatives = _sample_negatives(loss.negatives, inputs.num_entities, left.device)
+    modal_negatives = _sample_negatives(loss.modal_negatives, inputs.num_entities, left.device)
+    rows, local = torch.unique(torch.cat([left, right, joint_negatives, modal_negatives]),
+                               return_inverse=True)
+    output = model(inputs, rows=rows)
+    left, right, rest = local[:size], local[size:2 * size], local[2 * size:]
+    joint_negatives, modal_negatives = rest[:len(joint_negatives)], rest[len(joint_negatives):]
     joint = output.joint
     everyone = torch.ones_like(left, dtype=torch.bool)
-    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, len(joint))(
+    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, joint_negatives)(
         joint, everyone).mean()}
     if config.modal_contrastive and loss.modal_weight > 0:
         terms["modal"] = loss.modal_weight * modal_adaptive_loss(
             output.modal, output.mask, output.fusion.weights, left, right,
             adaptive=config.modal_adaptive,
-            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, len(joint)))
+            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, modal_negatives))
     if model.ot is not None and loss.ot_weight > 0:
         sample = torch.cat([left, right])
         if len(sample) > loss.ot_batch:
@@ -45,18 +55,22 @@ def alignment_objective(model: MIMEA, output: MIMEAOutput, left: torch.Tensor,
     return terms
 
 
+def _sample_negatives(count: int, num_entities: int, device: torch.device) -> torch.Tensor:
+    """``count`` entities drawn uniformly, or every entity when ``count >= num_entities``."""
+    if count >= num_entities:
+        return torch.arange(num_entities, device=device)
+    return torch.randint(num_entities, (count,), device=device)
+
+
 def _pair_loss(kind: str, loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
-               num_entities: int) -> PairLoss:
-    """The per-pair loss of one batch; LSE candidates are the batch plus sampled entities."""
+               negatives: torch.Tensor) -> PairLoss:
+    """The per-pair loss of one batch; LSE candidates are the batch plus ``negatives``."""
     if kind == "infonce":
         def infonce(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
             return infonce_pair_loss(h[left[keep]], h[right[keep]], temperature=loss.temperature)
         return infonce
 
-    candidates = torch.cat([left, right])
-    if loss.negatives > 0:
-        sampled = torch.randint(num_entities, (loss.negatives,), device=left.device)
-        candidates = torch.cat([candidates, sampled])
+    candidates = torch.cat([left, right, negatives])
     local = torch.arange(len(left), device=left.device)
 
     def lse(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,10 @@ def similarity_matrix(source: torch.Tensor, target: torch.Tensor, method: Simila
 
 
 def gold_ranks(sim: torch.Tensor) -> torch.Tensor:
-    """1-based rank of the diagonal entry in each row (ties count against the gold)."""
+    """1-based rank of the diagonal entry in each row (ties count against the gold).
+
+    Columns past the square part are distractors: targets that are nobody's gold.
+    """
     gold = sim.diagonal()[:, None]
     ranks = torch.empty(sim.shape[0], dtype=torch.long)
     for start in range(0, sim.shape[0], CHUNK):

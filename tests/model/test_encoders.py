@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoders import FeatureEncoder, StructureEncoder
+from model.encoders import FeatureEncoder, ProxyMatching, StructureEncoder
 
 N, D = 12, 8
 
@@ -67,7 +67,7 @@ def test_isolated_node_starts_from_its_own_embedding() -> None:
     encoder = StructureEncoder(6, 2, D).eval()
     edge_index = torch.tensor([[0, 1], [1, 0]])
     out = encoder(edge_index, torch.tensor([0, 1]))
-    torch.testing.assert_close(out[4, :D], encoder.entity.weight[4])
+    torch.testing.assert_close(out[4, :D], torch.tanh(encoder.entity.weight[4]))
 
 
 def test_graph_without_edges() -> None:
@@ -77,13 +77,19 @@ def test_graph_without_edges() -> None:
     assert torch.isfinite(out).all()
 
 
-def test_structure_gradients_reach_entity_and_relation_embeddings() -> None:
+@pytest.mark.parametrize("relation_channel", [False, True])
+def test_structure_gradients_reach_entity_and_relation_parameters(relation_channel: bool) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(N, 2, D)
+    encoder = StructureEncoder(N, 2, D, relation_channel=relation_channel)
     encoder(*_ring()).pow(2).sum().backward()
     assert encoder.entity.weight.grad is not None and encoder.entity.weight.grad.abs().sum() > 0
-    assert encoder.relation is not None and encoder.relation.weight.grad is not None
-    assert encoder.relation.weight.grad.abs().sum() > 0
+    assert encoder.edge_score is not None and encoder.edge_score.weight.grad is not None
+    assert encoder.edge_score.weight.grad.abs().sum() > 0
+    if relation_channel:
+        assert encoder.relation is not None and encoder.relation.weight.grad is not None
+        assert encoder.relation.weight.grad.abs().sum() > 0
+    else:
+        assert encoder.relation is None
 
 
 def test_structure_repr() -> None:
@@ -107,3 +113,32 @@ def test_feature_wrong_input_shape_rejected(shape: tuple[int, ...]) -> None:
 
 def test_feature_repr() -> None:
     assert repr(FeatureEncoder(5, 8)) == "FeatureEncoder(5, 8)"
+
+
+def test_proxy_matching_keeps_shape_and_reaches_proxies() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, proxies=4)
+    out = encoder(*_ring())
+    assert out.shape == (N, encoder.out_dim)
+    out.pow(2).sum().backward()
+    assert encoder.proxy is not None and encoder.proxy.proxies.grad is not None
+    assert encoder.proxy.proxies.grad.abs().sum() > 0
+
+
+def test_proxy_matching_depends_on_the_shared_proxies() -> None:
+    torch.manual_seed(0)
+    proxy = ProxyMatching(D, 4)
+    h = torch.randn(5, D)
+    before = proxy(h)
+    with torch.no_grad():
+        proxy.proxies.mul_(3.0)
+    assert not torch.allclose(before, proxy(h))
+
+
+def test_output_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, output_dropout=0.5)
+    train_out = encoder.train()(*_ring())
+    assert (train_out == 0).float().mean() > 0.3
+    eval_out = encoder.eval()(*_ring())
+    assert (eval_out == 0).float().mean() < 0.05

@@ -23,7 +23,7 @@ def _terms(config: ModelConfig, inputs: GraphInputs, pairs: Pairs,
     dims = {name: int(x.shape[1]) for name, x in inputs.features.items()}
     model = MIMEA(config, inputs.num_entities, inputs.num_edge_types, dims,
                   active_modalities(config, inputs)).train()
-    return model, alignment_objective(model, model(inputs), *pairs, loss)
+    return model, alignment_objective(model, inputs, *pairs, loss)
 
 
 def _assert_total_is_sum(terms: dict[str, torch.Tensor]) -> None:
@@ -95,3 +95,24 @@ def test_ot_batch_larger_than_pairs(model_config: ConfigFactory, graph_inputs: G
     loss = LOSS.model_copy(update={"ot_batch": 512, "negatives": 0})
     _, terms = _terms(model_config(), graph_inputs, seed_pairs, loss)
     assert torch.isfinite(terms["ot"]) and torch.isfinite(terms["joint"])
+
+
+@pytest.mark.parametrize(("negatives", "same"), [(10_000, True), (4, False)])
+def test_negatives_at_graph_size_take_every_entity(negatives: int, same: bool,
+                                                   model_config: ConfigFactory,
+                                                   graph_inputs: GraphInputs,
+                                                   seed_pairs: Pairs) -> None:
+    loss = LOSS.model_copy(update={"negatives": negatives, "modal_negatives": negatives})
+    torch.manual_seed(0)
+    dims = {name: int(x.shape[1]) for name, x in graph_inputs.features.items()}
+    model = MIMEA(model_config(), graph_inputs.num_entities, graph_inputs.num_edge_types, dims,
+                  active_modalities(model_config(), graph_inputs)).eval()
+    # Pairs from half the seeds: the batch alone does not cover the graph.
+    left, right = (p[: len(p) // 2] for p in seed_pairs)
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        terms = alignment_objective(model, graph_inputs, left, right, loss)
+        draws.append((terms["joint"].detach(), terms["modal"].detach()))
+    assert torch.equal(draws[0][0], draws[1][0]) is same
+    assert torch.equal(draws[0][1], draws[1][1]) is same
