@@ -34,7 +34,7 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 DATASETS = {"dbp15k/zh_en": 0.3, "fbdb15k": 0.2}
 ABLATIONS: dict[str, list[str]] = {
-    "w/o fusion (uniform weights)": ["model.fusion=false"],
+    "+ learned fusion (Beta confidences)": ["model.fusion=true"],
     "w/o OT alignment": ["model.ot_alignment=false"],
     "w/o modal contrastive": ["model.modal_contrastive=false"],
     "w/o structure": ["model.modalities.structure=false"],

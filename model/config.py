@@ -39,7 +39,7 @@ class ModelConfig(_Strict):
     hidden_dim: int = Field(128, ge=8, le=2048, description="d, size of every uni-modal output")
     gat_layers: int = Field(2, ge=1, le=4)
     gat_heads: int = Field(1, ge=1, le=8)
-    relation_aware: bool = Field(True, description="relation embeddings as GAT edge features")
+    relation_aware: bool = Field(True, description="relation-type scores in GAT attention")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
     relation_channel: bool = Field(True, description="second GAT stack over relation types")
@@ -48,7 +48,8 @@ class ModelConfig(_Strict):
     structure_dropout: float = Field(0.0, ge=0.0, lt=1.0,
                                      description="on the structure encoder's output")
     modalities: ModalityConfig = ModalityConfig()
-    fusion: bool = Field(True, description="probability-guided fusion; off = uniform weights")
+    fusion: bool = Field(False, description="learned probability-guided fusion; off = uniform "
+                         "weights over present modalities (the better choice on DBP15K)")
     fusion_interaction: bool = Field(True, description="cross-modal attention before the Beta head")
     fusion_heads: int = Field(1, ge=1, le=8)
     beta_prior: tuple[float, float] = (5.0, 5.0)

@@ -78,10 +78,11 @@ def graph_inputs() -> GraphInputs:
 
 @pytest.fixture
 def model_config() -> Callable[..., ModelConfig]:
-    """``model_config(**overrides)``: a small, dropout-free ModelConfig."""
+    """``model_config(**overrides)``: a small, dropout-free ModelConfig with every module on."""
 
     def build(**overrides: Any) -> ModelConfig:
-        return ModelConfig.model_validate({"hidden_dim": 16, "dropout": 0.0, **overrides})
+        return ModelConfig.model_validate({"hidden_dim": 16, "dropout": 0.0, "fusion": True,
+                                           **overrides})
 
     return build
 
