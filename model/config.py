@@ -84,10 +84,10 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(1024, ge=8)
     lr: float = Field(0.001, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    valid_every: int = Field(3, ge=1)
-    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    valid_every: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1, description="validations without improvement before stopping")
     iterative: bool = False
-    iterations: int = Field(3, ge=1)
+    iterations: int = Field(4, ge=1)
     iteration_epochs: int = Field(5, ge=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -26,8 +26,9 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
     """
     config: ModelConfig = model.config
     size = len(left)
-    joint_negatives = _sample_negatives(loss.negatives, inputs.num_entities, left.device)
-    modal_negatives = _sample_negatives(loss.modal_negatives, inputs.num_entities, left.device)
+    batch = torch.cat([left, right])
+    joint_negatives = _sample_negatives(loss.negatives, inputs.num_entities, batch)
+    modal_negatives = _sample_negatives(loss.modal_negatives, inputs.num_entities, batch)
     rows, local = torch.unique(torch.cat([left, right, joint_negatives, modal_negatives]),
                                return_inverse=True)
     output = model(inputs, rows=rows)
@@ -55,11 +56,14 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
     return terms
 
 
-def _sample_negatives(count: int, num_entities: int, device: torch.device) -> torch.Tensor:
-    """``count`` entities drawn uniformly, or every entity when ``count >= num_entities``."""
+def _sample_negatives(count: int, num_entities: int, batch: torch.Tensor) -> torch.Tensor:
+    """``count`` entities drawn uniformly, or, when ``count >= num_entities``, every entity not
+    in ``batch`` (batch entities are candidates already, and a pair must not be its own
+    negative)."""
     if count >= num_entities:
-        return torch.arange(num_entities, device=device)
-    return torch.randint(num_entities, (count,), device=device)
+        everyone = torch.arange(num_entities, device=batch.device)
+        return everyone[~torch.isin(everyone, batch)]
+    return torch.randint(num_entities, (count,), device=batch.device)
 
 
 def _pair_loss(kind: str, loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
