@@ -16,12 +16,7 @@ from tqdm.auto import tqdm
 from model.config import MIMEAConfig
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from model.objective import alignment_objective
-from training.evaluation import (
-    gold_ranks,
-    mutual_nearest_pairs,
-    ranking_metrics,
-    similarity_matrix,
-)
+from training.evaluation import mutual_nearest_pairs, validation_hits1
 
 logger = logging.getLogger(__name__)
 
@@ -194,16 +189,8 @@ class _Run:
         return {key: value / max(batches, 1) for key, value in sums.items()}
 
     def _validate(self) -> float:
-        """CSLS Hits@1 of the validation pairs, KG1→KG2.
-
-        Each source is ranked against the validation targets *and* every unlabelled KG2 entity:
-        among a few hundred targets alone nearly every model looks good, and the selected epoch
-        would not be the one that ranks best among the test's thousands of candidates.
-        """
         if len(self.valid_pairs) == 0:
             return 0.0
         joint = infer(self.model, self.inputs).joint
-        targets = torch.cat([self.valid_pairs[:, 1], self.distractors])
-        sim = similarity_matrix(joint[self.valid_pairs[:, 0]], joint[targets], "csls",
-                                self.config.eval.csls_k)
-        return ranking_metrics(gold_ranks(sim))["hits1"]
+        return validation_hits1(joint, self.valid_pairs, self.distractors,
+                                k=self.config.eval.csls_k)

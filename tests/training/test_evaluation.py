@@ -15,6 +15,7 @@ from training.evaluation import (
     mutual_nearest_pairs,
     ranking_metrics,
     similarity_matrix,
+    validation_hits1,
 )
 
 
@@ -173,3 +174,14 @@ def test_mutual_nearest_pairs_returns_entity_rows() -> None:
     expected = {(3 + i, 8 + j) for j, i in enumerate([2, 0, 4, 1, 3])}
     assert set(map(tuple, pairs.tolist())) == expected
     assert pairs.shape == (5, 2)
+
+
+def test_validation_distractors_make_ranking_harder() -> None:
+    # Two pairs, each gold target close to its source; a distractor closer than one gold.
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0],      # sources
+                        [0.9, 0.1], [0.1, 0.9],      # gold targets
+                        [0.05, 1.0], [-1.0, 0.0]])   # distractors
+    pairs = torch.tensor([[0, 2], [1, 3]])
+    assert validation_hits1(emb, pairs, torch.empty(0, dtype=torch.long), k=1) == 1.0
+    assert validation_hits1(emb, pairs, torch.tensor([5]), k=1) == 1.0
+    assert validation_hits1(emb, pairs, torch.tensor([4, 5]), k=1) == pytest.approx(0.5)
