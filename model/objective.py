@@ -29,7 +29,7 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
     batch = torch.cat([left, right])
     joint_negatives = _sample_negatives(loss.negatives, inputs.num_entities, batch)
     modal_negatives = _sample_negatives(loss.modal_negatives, inputs.num_entities, batch)
-    rows, local = torch.unique(torch.cat([left, right, joint_negatives, modal_negatives]),
+    rows, local = torch.unique(torch.cat([batch, joint_negatives, modal_negatives]),
                                return_inverse=True)
     output = model(inputs, rows=rows)
     left, right, rest = local[:size], local[size:2 * size], local[2 * size:]
