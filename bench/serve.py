@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with no --checkpoint: a 620-entity synthetic checkpoint (tests)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="FAISS/torch threads in the server and the floor (MIMEA_THREADS)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="FAISS/torch threads in the server and the floor (MIMEA_THREADS; "
+                             "default: every core, as the service)")
     parser.add_argument("--batch-window-ms", type=float, default=None,
                         help="MIMEA_BATCH_WINDOW_MS for the server (default: its setting)")
     parser.add_argument("--scaling-sizes", default=None,

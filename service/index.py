@@ -123,8 +123,8 @@ def gpu_count() -> int:
 def set_threads(threads: int) -> None:
     """Bound FAISS's and torch's threads for the calling thread (OpenMP settings are per thread).
 
-    Searches share the CPU with the event loop; more threads than free cores makes OpenMP's
-    barriers spin against it (a single query got 5x slower with 2 threads on 2 cores).
+    The serving default is every core (see ``Settings.threads``); lower it when other
+    processes need the cores.
     """
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)

@@ -15,8 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_threads() -> int:
-    # Leave one core to the event loop: searches run in a worker thread beside it.
-    return max(1, (os.cpu_count() or 2) - 1)
+    # Every core: a flat search of a few queries is bound by memory bandwidth, which a second
+    # core nearly doubles, and the event loop's share of the CPU is small beside it
+    # (BENCHMARKS.md, "Threads").
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
