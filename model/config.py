@@ -104,7 +104,12 @@ class DataConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """How test pairs are ranked (``training/evaluation.py``)."""
+
     csls_k: int = Field(10, ge=1)
+    sinkhorn_reg: float = Field(0.001, gt=0.0, description="entropy of the Sinkhorn ranking, "
+                                "in CSLS units")
+    sinkhorn_iterations: int = Field(20, ge=1, description="Sinkhorn rounds of that ranking")
 
 
 class MIMEAConfig(_Strict):

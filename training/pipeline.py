@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
-from model.config import MIMEAConfig
+from model.config import EvalConfig, MIMEAConfig
 from model.device import resolve_device
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
@@ -45,12 +45,17 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
     return PreparedData(data=data, inputs=inputs, split=split)
 
 
+RANKINGS = ("cosine", "csls", "sinkhorn")
+
+
 def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray,
-                        csls_k: int) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics for both rankings (cosine, CSLS) and both directions."""
+                        config: EvalConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics for every ranking (cosine, CSLS, Sinkhorn) and both directions."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
-    return {method: evaluate_pairs(joint.cpu(), rows, method=method, k=csls_k)
-            for method in ("cosine", "csls")}
+    return {method: evaluate_pairs(joint.cpu(), rows, method=method, k=config.csls_k,
+                                   sinkhorn_reg=config.sinkhorn_reg,
+                                   sinkhorn_iterations=config.sinkhorn_iterations)
+            for method in RANKINGS}
 
 
 def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
@@ -103,8 +108,10 @@ def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
     pairs = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split[part]], dtype=np.int64)
     if len(pairs) == 0:
         raise ValueError(f"checkpoint {checkpoint_dir} has no {part} pairs")
-    k = csls_k or checkpoint.config["config"]["eval"]["csls_k"]
-    return evaluate_embeddings(checkpoint.embeddings.joint, pairs, k)
+    config = EvalConfig.model_validate(checkpoint.config["config"]["eval"])
+    if csls_k:
+        config.csls_k = csls_k
+    return evaluate_embeddings(checkpoint.embeddings.joint, pairs, config)
 
 
 def _unlabelled_rows(data: KGPairData,
@@ -118,9 +125,8 @@ def _unlabelled_rows(data: KGPairData,
 
 def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
              config: MIMEAConfig, wall_s: float) -> dict[str, Any]:
-    k = config.eval.csls_k
     metrics: dict[str, Any] = {
-        "test": evaluate_embeddings(joint, split.test, k),
+        "test": evaluate_embeddings(joint, split.test, config.eval),
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "pseudo_pairs": result.pseudo_pairs,
@@ -130,9 +136,9 @@ def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
         "history": result.history,
     }
     if len(split.valid):
-        metrics["valid"] = evaluate_embeddings(joint, split.valid, k)
+        metrics["valid"] = evaluate_embeddings(joint, split.valid, config.eval)
     if result.base is not None:
-        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, k),
+        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, config.eval),
                            "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,
                            "train_s": result.base.wall_s}
     return metrics

@@ -87,7 +87,7 @@ def test_train_prints_a_metrics_table(synthetic_dir: Path, tmp_path: Path,
     result = invoke(*_train_args(synthetic_dir, tmp_path / "ckpt", tiny_overrides))
     assert result.exit_code == 0, result.output
     assert "Hits@1" in result.stdout
-    assert result.stdout.count("kg1_to_kg2") == 2  # cosine and csls
+    assert result.stdout.count("kg1_to_kg2") == 3  # cosine, csls and sinkhorn
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_evaluate_json(cli_checkpoint: Path) -> None:
     result = invoke("evaluate", "--checkpoint", cli_checkpoint, "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    assert set(metrics) == {"cosine", "csls"}
+    assert set(metrics) == {"cosine", "csls", "sinkhorn"}
     for directions in metrics.values():
         assert set(directions) == {"kg1_to_kg2", "kg2_to_kg1"}
     stored = load_checkpoint(cli_checkpoint).metrics["test"]
@@ -108,7 +108,7 @@ def test_evaluate_table(cli_checkpoint: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["ranking", "direction", "Hits@1"]
-    assert len(lines) == 5
+    assert len(lines) == 7  # header and 3 rankings x 2 directions
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:

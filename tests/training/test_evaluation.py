@@ -15,6 +15,7 @@ from training.evaluation import (
     mutual_nearest_pairs,
     ranking_metrics,
     similarity_matrix,
+    sinkhorn_matrix,
     validation_hits1,
 )
 
@@ -115,12 +116,32 @@ def test_csls_demotes_a_hub() -> None:
     assert csls_matrix(source, target, k=1)[1].argmax() == 1
 
 
-@pytest.mark.parametrize("method", ["cosine", "csls"])
+def test_sinkhorn_gives_a_contested_target_to_one_source() -> None:
+    # Both sources' CSLS-best target is target 0 (12°); source 1 (20°) is nearer to it, but the
+    # one-to-one plan gives target 0 to source 0 and target 1 (60°) to source 1, the assignment
+    # with the larger total CSLS.
+    source, target = _unit([0.0, 20.0]), _unit([12.0, 60.0])
+    csls = csls_matrix(source, target, k=1)
+    assert csls.argmax(dim=1).tolist() == [0, 0]
+    plan = sinkhorn_matrix(source, target, k=1, reg=0.01, iterations=200)
+    assert plan.argmax(dim=1).tolist() == [0, 1]
+
+
+def test_sinkhorn_plan_has_uniform_marginals() -> None:
+    gen = torch.Generator().manual_seed(3)
+    source, target = torch.randn(30, 5, generator=gen), torch.randn(40, 5, generator=gen)
+    plan = sinkhorn_matrix(source, target, k=3, reg=0.05, iterations=500).exp()
+    torch.testing.assert_close(plan.sum(dim=1), torch.full((30,), 1 / 30), atol=1e-4, rtol=0)
+    torch.testing.assert_close(plan.sum(dim=0), torch.full((40,), 1 / 40), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["cosine", "csls", "sinkhorn"])
 def test_similarity_matrix_dispatch(method: str) -> None:
     gen = torch.Generator().manual_seed(0)
     source, target = torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)
-    expected = cosine_matrix(source, target) if method == "cosine" else csls_matrix(
-        source, target, 2)
+    expected = {"cosine": lambda: cosine_matrix(source, target),
+                "csls": lambda: csls_matrix(source, target, 2),
+                "sinkhorn": lambda: sinkhorn_matrix(source, target, 2)}[method]()
     torch.testing.assert_close(similarity_matrix(source, target, method, 2), expected)
 
 
@@ -129,7 +150,7 @@ def test_similarity_matrix_unknown_method() -> None:
         similarity_matrix(torch.ones(2, 2), torch.ones(2, 2), "dot")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", ["cosine", "csls"])
+@pytest.mark.parametrize("method", ["cosine", "csls", "sinkhorn"])
 def test_evaluate_pairs_returns_both_directions(method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     embeddings = torch.randn(20, 4, generator=gen)

@@ -39,7 +39,7 @@ def test_checkpoint_loads(trained_run: TrainedRun) -> None:
 def test_metrics_file_matches_returned_metrics(trained_run: TrainedRun) -> None:
     stored = json.loads((trained_run.checkpoint / METRICS_FILE).read_text(encoding="utf-8"))
     assert stored == json.loads(json.dumps(trained_run.metrics))
-    assert set(stored["test"]) == {"cosine", "csls"}
+    assert set(stored["test"]) == {"cosine", "csls", "sinkhorn"}
     assert set(stored["test"]["csls"]) == DIRECTIONS
     assert set(stored["test"]["csls"]["kg1_to_kg2"]) == METRICS
     assert 1 <= stored["best_epoch"] <= stored["epochs"] == len(stored["history"])
