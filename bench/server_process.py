@@ -16,7 +16,8 @@ NAMESPACE = "mimea-bench"
 class Server:
     """``python -m service.cli serve`` on a free loopback port, configured by environment."""
 
-    def __init__(self, checkpoint: Path, log: Path, env: dict[str, str]) -> None:
+    def __init__(self, checkpoint: Path, log: Path, env: dict[str, str], *,
+                 startup_s: float = 300) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
@@ -30,7 +31,7 @@ class Server:
                 stderr=subprocess.STDOUT)
         import httpx
 
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + startup_s
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code == 200:
@@ -49,7 +50,12 @@ class Server:
                 return round(int(line.split()[1]) / 1024, 1)
         return float("nan")
 
-    def stop(self) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        """Terminate (kill after 30 s) and return the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -57,6 +63,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
 
 
 def flush_namespace(redis_url: str) -> None:

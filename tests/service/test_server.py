@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -15,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.server_process import Server
 from model.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,35 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MIMEA_REDIS_URL": "", "MIMEA_API_KEY": "",
-           "MIMEA_THREADS": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--checkpoint", str(synthetic.path),
-             "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    process = Server(synthetic.path, log, {"MIMEA_REDIS_URL": "", "MIMEA_THREADS": "1",
+                                           "MIMEA_LOG_LEVEL": "INFO"}, startup_s=60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield base
+        yield process.url
     finally:
-        proc.terminate()
-        code = proc.wait(timeout=20)
+        code = process.stop()
     # uvicorn re-raises SIGTERM after a graceful shutdown, so -15 is a clean exit too.
     assert code in (0, -15), log.read_text()
     assert "Application shutdown complete" in log.read_text()
