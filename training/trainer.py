@@ -92,19 +92,27 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     if config.training.iterative:
         if candidate_rows is None:
             raise ValueError("iterative training needs candidate_rows")
+        sources, targets = (rows.to(device) for rows in candidate_rows)
+
+        def mutual_pairs(joint: torch.Tensor) -> set[tuple[int, int]]:
+            found = mutual_nearest_pairs(joint, sources, targets, k=config.eval.csls_k)
+            return {tuple(p) for p in found.tolist()}
+
+        # The state the base training ended on is a second snapshot of the model: pairs that
+        # are mutual nearest neighbours there and in the selected state already persist, so
+        # the first round trains on pseudo-labels too (where the two states are one, every
+        # mutual pair counts as persistent).
+        previous = mutual_pairs(infer(model, inputs).joint)
         model.load_state_dict(run.best_state)
         joint = infer(model, inputs).joint
         base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
                          wall_s=time.perf_counter() - start)
-        previous: set[tuple[int, int]] = set()
         for round_no in range(config.training.iterations):
             if round_no > 0:
                 model.load_state_dict(run.best_state)
                 joint = infer(model, inputs).joint
-            found = mutual_nearest_pairs(joint, candidate_rows[0].to(device),
-                                         candidate_rows[1].to(device), k=config.eval.csls_k)
-            current = {tuple(p) for p in found.tolist()}
-            stable = sorted(current & previous) if previous else []
+            current = mutual_pairs(joint)
+            stable = sorted(current & previous)
             previous = current
             if stable:
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)

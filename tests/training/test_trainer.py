@@ -55,9 +55,22 @@ def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
     rows = torch.arange(data.inputs.num_entities)
     result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
     assert result.epochs == 2 + 2 * 2
-    assert result.pseudo_pairs >= 0
+    assert result.pseudo_pairs > 0
     assert result.base is not None and result.base.epochs == 2
     assert result.base.joint.shape[0] == data.inputs.num_entities
+
+
+def test_first_round_already_trains_on_pseudo_labels(synthetic_dir: Path,
+                                                    tiny_overrides: list[str]) -> None:
+    # The base training's last and selected states are two snapshots: pairs mutual in both
+    # persist, so a single round has pseudo-labels to train on.
+    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=1",
+                     "training.iteration_epochs=1", "training.patience=10")
+    data = prepare(synthetic_dir, config)
+    num_kg1 = data.data.num_kg1
+    rows = torch.arange(data.inputs.num_entities)
+    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    assert result.pseudo_pairs > 0
 
 
 def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
