@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 def _default_threads() -> int:
     # Every core: a flat search of a few queries is bound by memory bandwidth, which a second
     # core nearly doubles, and the event loop's share of the CPU is small beside it
-    # (BENCHMARKS.md, "Threads").
+    # (BENCHMARKS.md, Serving, "Every core for the search").
     return os.cpu_count() or 1
 
 

@@ -46,14 +46,22 @@ def test_without_validation_pairs_trains_every_epoch(synthetic_dir: Path,
     assert result.best_epoch == 12
 
 
-def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
-                                              tiny_overrides: list[str]) -> None:
-    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=2",
-                     "training.iteration_epochs=2", "training.patience=10")
+def _train_iterative(synthetic_dir: Path, tiny_overrides: list[str], iterations: int,
+                     iteration_epochs: int) -> tuple[PreparedData, TrainResult]:
+    """Iterative training with every entity of each KG eligible for pseudo-labels."""
+    config = _config(tiny_overrides, "training.iterative=true",
+                     f"training.iterations={iterations}",
+                     f"training.iteration_epochs={iteration_epochs}", "training.patience=10")
     data = prepare(synthetic_dir, config)
     num_kg1 = data.data.num_kg1
     rows = torch.arange(data.inputs.num_entities)
-    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    return data, _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+
+
+def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
+                                              tiny_overrides: list[str]) -> None:
+    data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
+                                    iteration_epochs=2)
     assert result.epochs == 2 + 2 * 2
     assert result.pseudo_pairs > 0
     assert result.base is not None and result.base.epochs == 2
@@ -64,12 +72,8 @@ def test_first_round_already_trains_on_pseudo_labels(synthetic_dir: Path,
                                                     tiny_overrides: list[str]) -> None:
     # The base training's last and selected states are two snapshots: pairs mutual in both
     # persist, so a single round has pseudo-labels to train on.
-    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=1",
-                     "training.iteration_epochs=1", "training.patience=10")
-    data = prepare(synthetic_dir, config)
-    num_kg1 = data.data.num_kg1
-    rows = torch.arange(data.inputs.num_entities)
-    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
+                                 iteration_epochs=1)
     assert result.pseudo_pairs > 0
 
 
