@@ -39,6 +39,8 @@ class ModelConfig(_Strict):
     hidden_dim: int = Field(128, ge=8, le=2048, description="d, size of every uni-modal output")
     gat_layers: int = Field(2, ge=1, le=4)
     gat_heads: int = Field(1, ge=1, le=8)
+    structure_conv: Literal["gat", "reflection"] = Field(
+        "gat", description="structure layer: GATConv, or relation reflections")
     relation_aware: bool = Field(True, description="relation-type scores in GAT attention")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves in the GAT")

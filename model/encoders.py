@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, SimpleConv
-from torch_geometric.utils import scatter
+from torch_geometric.utils import add_self_loops, scatter
+
+from model.reflection import RelationReflectionConv
 
 
 class StructureEncoder(nn.Module):
@@ -48,6 +50,9 @@ class StructureEncoder(nn.Module):
         self_loops: let an entity attend to itself. Without them an entity is described only
             by its neighbours, so the free vectors of entities outside the seeds (noise) never
             reach their own representation.
+        conv: ``"gat"`` (``GATConv``, relation types as attention scores) or ``"reflection"``
+            (:class:`~model.reflection.RelationReflectionConv`: each relation type reflects
+            the neighbour's vector and alone sets its attention; self-loops pass unchanged).
 
     Shapes:
         edge_index ``[2, E]``, edge_type ``[E]`` → ``[N, out_dim]``.
@@ -57,7 +62,7 @@ class StructureEncoder(nn.Module):
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
                  concat_layers: bool = True, self_loops: bool = True,
                  relation_channel: bool = False, proxies: int = 0,
-                 output_dropout: float = 0.0) -> None:
+                 output_dropout: float = 0.0, conv: str = "gat") -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -67,9 +72,16 @@ class StructureEncoder(nn.Module):
         self.entity = nn.Embedding(num_entities, hidden_dim)
         self.self_loops = self_loops
         self.smooth = SimpleConv(aggr="mean", combine_root="self_loop" if self_loops else None)
+        if conv not in ("gat", "reflection"):
+            raise ValueError(f"unknown structure conv {conv!r}: expected 'gat' or 'reflection'")
+        self.conv = conv
         relation_aware = num_edge_types > 0
         edge_dim = 1 if relation_aware else None
-        self.edge_score = nn.Embedding(num_edge_types, 1) if relation_aware else None
+        self.edge_score = (nn.Embedding(num_edge_types, 1)
+                           if relation_aware and conv == "gat" else None)
+        # One vector per relation type, used as a unit vector by the reflection layers.
+        self.reflection = (nn.Embedding(num_edge_types, hidden_dim)
+                           if relation_aware and conv == "reflection" else None)
         self.layers = self._gat_stack(num_layers, heads, edge_dim)
         self.relation_channel = relation_channel and relation_aware
         self.relation = (nn.Embedding(num_edge_types, hidden_dim)
@@ -83,6 +95,9 @@ class StructureEncoder(nn.Module):
         self.reset_parameters()
 
     def _gat_stack(self, num_layers: int, heads: int, edge_dim: int | None) -> nn.ModuleList:
+        if self.conv == "reflection":
+            return nn.ModuleList(RelationReflectionConv(self.hidden_dim)
+                                 for _ in range(num_layers))
         return nn.ModuleList(
             GATConv(self.hidden_dim, self.hidden_dim, heads=heads, concat=False,
                     edge_dim=edge_dim, add_self_loops=self.self_loops, fill_value="mean")
@@ -92,6 +107,8 @@ class StructureEncoder(nn.Module):
         nn.init.xavier_uniform_(self.entity.weight)
         if self.edge_score is not None:
             nn.init.normal_(self.edge_score.weight)
+        if self.reflection is not None:
+            nn.init.xavier_uniform_(self.reflection.weight)
         if self.relation is not None:
             nn.init.xavier_uniform_(self.relation.weight)
         for layer in [*self.layers, *(self.relation_layers or [])]:
@@ -100,20 +117,39 @@ class StructureEncoder(nn.Module):
             self.proxy.reset_parameters()
 
     def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
-        edge_attr = self.edge_score(edge_type) if self.edge_score is not None else None
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
-        outputs = self._propagate(self.layers, self.smooth(self.entity.weight, edge_index),
-                                  edge_index, edge_attr)
+        start = self.smooth(self.entity.weight, edge_index)
+        layer_edges, edge_attr = self._layer_edges(edge_index, edge_type)
+        outputs = self._propagate(self.layers, start, layer_edges, edge_attr)
         if self.relation_layers is not None and self.relation is not None:
             # Second channel: an entity starts as the mean of its incident relation types.
             start = scatter(self.relation(edge_type), edge_index[1], dim=0,
                             dim_size=self.num_entities, reduce="mean")
-            outputs += self._propagate(self.relation_layers, start, edge_index, edge_attr)
+            outputs += self._propagate(self.relation_layers, start, layer_edges, edge_attr)
         h = torch.cat(outputs, dim=-1)
         if self.proxy is not None:
             h = self.proxy(h)
         return F.dropout(h, p=self.output_dropout, training=self.training)
+
+    def _layer_edges(self, edge_index: torch.Tensor, edge_type: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layers' edges and per-edge inputs: a relation score for ``GATConv`` (which adds
+        its own self-loops), a unit relation vector for the reflection layer."""
+        if self.conv == "gat":
+            scores = self.edge_score(edge_type) if self.edge_score is not None else None
+            return edge_index, scores
+        # Reflection: a zero vector, appended as the last row, reflects nothing; it stands for
+        # self-loops and for every edge when relation awareness is off.
+        vectors = edge_index.new_zeros((1, self.hidden_dim), dtype=torch.float)
+        types = torch.zeros_like(edge_type)
+        if self.reflection is not None:
+            vectors = torch.cat([F.normalize(self.reflection.weight, dim=-1), vectors])
+            types = edge_type
+        if self.self_loops:
+            edge_index, types = add_self_loops(edge_index, types, fill_value=len(vectors) - 1,
+                                               num_nodes=self.num_entities)
+        return edge_index, vectors[types]
 
     def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, edge_index: torch.Tensor,
                    edge_attr: torch.Tensor | None) -> list[torch.Tensor]:

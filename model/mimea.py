@@ -84,7 +84,8 @@ class MIMEA(nn.Module):
                     config.hidden_dim, num_layers=config.gat_layers, heads=config.gat_heads,
                     dropout=config.dropout, concat_layers=config.concat_layers,
                     self_loops=config.self_loops, relation_channel=config.relation_channel,
-                    proxies=config.proxies, output_dropout=config.structure_dropout)
+                    proxies=config.proxies, output_dropout=config.structure_dropout,
+                    conv=config.structure_conv)
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
                                                 dropout=config.dropout)

@@ -8,6 +8,7 @@ import torch
 from model.encoders import FeatureEncoder, ProxyMatching, StructureEncoder
 
 N, D = 12, 8
+CONVS = pytest.mark.parametrize("conv", ["gat", "reflection"])
 
 
 def _ring(n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,11 +19,13 @@ def _ring(n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
     return edge_index, edge_type
 
 
+@CONVS
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("concat_layers", [True, False])
-def test_structure_output_shape(num_layers: int, concat_layers: bool) -> None:
+def test_structure_output_shape(num_layers: int, concat_layers: bool, conv: str) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(N, 2, D, num_layers=num_layers, concat_layers=concat_layers)
+    encoder = StructureEncoder(N, 2, D, num_layers=num_layers, concat_layers=concat_layers,
+                               conv=conv)
     out = encoder(*_ring())
     expected = (num_layers + 1) * D if concat_layers else D
     assert encoder.out_dim == expected
@@ -35,26 +38,29 @@ def test_structure_heads_are_averaged(heads: int) -> None:
     assert encoder(*_ring()).shape == (N, D)
 
 
-def test_edge_types_change_output_when_relation_aware() -> None:
+@CONVS
+def test_edge_types_change_output_when_relation_aware(conv: str) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(N, 2, D).eval()
+    encoder = StructureEncoder(N, 2, D, conv=conv).eval()
     edge_index, edge_type = _ring()
     out = encoder(edge_index, edge_type)
     out_flipped = encoder(edge_index, 1 - edge_type)
     assert not torch.allclose(out, out_flipped)
 
 
-def test_edge_types_ignored_without_relation_awareness() -> None:
+@CONVS
+def test_edge_types_ignored_without_relation_awareness(conv: str) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(N, 0, D).eval()
+    encoder = StructureEncoder(N, 0, D, conv=conv).eval()
     edge_index, edge_type = _ring()
     assert encoder.relation is None
     torch.testing.assert_close(encoder(edge_index, edge_type), encoder(edge_index, 1 - edge_type))
 
 
-def test_isolated_nodes_give_finite_output() -> None:
+@CONVS
+def test_isolated_nodes_give_finite_output(conv: str) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(6, 2, D).eval()
+    encoder = StructureEncoder(6, 2, D, conv=conv).eval()
     edge_index = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
     edge_type = torch.tensor([0, 1, 0, 1, 0, 1])
     out = encoder(edge_index, edge_type)  # nodes 4 and 5 have no edge
@@ -62,16 +68,18 @@ def test_isolated_nodes_give_finite_output() -> None:
     assert torch.isfinite(out).all()
 
 
-def test_isolated_node_starts_from_its_own_embedding() -> None:
+@CONVS
+def test_isolated_node_starts_from_its_own_embedding(conv: str) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(6, 2, D).eval()
+    encoder = StructureEncoder(6, 2, D, conv=conv).eval()
     edge_index = torch.tensor([[0, 1], [1, 0]])
     out = encoder(edge_index, torch.tensor([0, 1]))
     torch.testing.assert_close(out[4, :D], torch.tanh(encoder.entity.weight[4]))
 
 
-def test_graph_without_edges() -> None:
-    encoder = StructureEncoder(5, 2, D).eval()
+@CONVS
+def test_graph_without_edges(conv: str) -> None:
+    encoder = StructureEncoder(5, 2, D, conv=conv).eval()
     out = encoder(torch.empty((2, 0), dtype=torch.long), torch.empty(0, dtype=torch.long))
     assert out.shape == (5, 3 * D)
     assert torch.isfinite(out).all()
@@ -90,6 +98,31 @@ def test_structure_gradients_reach_entity_and_relation_parameters(relation_chann
         assert encoder.relation.weight.grad.abs().sum() > 0
     else:
         assert encoder.relation is None
+
+
+@pytest.mark.parametrize("relation_channel", [False, True])
+def test_reflection_gradients_reach_entities_and_relation_vectors(relation_channel: bool) -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, conv="reflection", relation_channel=relation_channel)
+    encoder(*_ring()).pow(2).sum().backward()
+    assert encoder.edge_score is None
+    assert encoder.reflection is not None and encoder.reflection.weight.grad is not None
+    assert torch.isfinite(encoder.reflection.weight.grad).all()
+    assert encoder.reflection.weight.grad.abs().sum() > 0
+    assert encoder.entity.weight.grad is not None and encoder.entity.weight.grad.abs().sum() > 0
+
+
+def test_reflection_self_loop_keeps_a_nodes_own_vector() -> None:
+    # one layer, no concat, a node whose only edge is its self-loop: tanh(tanh(h0))
+    encoder = StructureEncoder(3, 2, D, num_layers=1, concat_layers=False,
+                               conv="reflection").eval()
+    out = encoder(torch.tensor([[0, 1], [1, 0]]), torch.tensor([0, 1]))
+    torch.testing.assert_close(out[2], torch.tanh(torch.tanh(encoder.entity.weight[2])))
+
+
+def test_unknown_conv_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown structure conv"):
+        StructureEncoder(N, 2, D, conv="gcn")
 
 
 def test_structure_repr() -> None:
