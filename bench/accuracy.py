@@ -34,6 +34,8 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 DATASETS = {"dbp15k/zh_en": 0.3, "fbdb15k": 0.2}
 ABLATIONS: dict[str, list[str]] = {
+    "GATConv structure layer (the spec's), lr 0.001": ["model.structure_conv=gat",
+                                                     "training.lr=0.001"],
     "+ learned fusion (Beta confidences)": ["model.fusion=true"],
     "w/o OT alignment": ["model.ot_alignment=false"],
     "w/o modal contrastive": ["model.modal_contrastive=false"],

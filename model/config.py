@@ -38,9 +38,9 @@ class ModelConfig(_Strict):
 
     hidden_dim: int = Field(128, ge=8, le=2048, description="d, size of every uni-modal output")
     gat_layers: int = Field(2, ge=1, le=4)
-    gat_heads: int = Field(1, ge=1, le=8)
+    gat_heads: int = Field(1, ge=1, le=8, description="attention heads (structure_conv=gat)")
     structure_conv: Literal["gat", "reflection"] = Field(
-        "gat", description="structure layer: GATConv, or relation reflections")
+        "reflection", description="structure layer: relation reflections, or GATConv")
     relation_aware: bool = Field(True, description="relation-type scores in GAT attention")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
@@ -84,7 +84,7 @@ class TrainingConfig(_Strict):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
-    lr: float = Field(0.001, gt=0.0)
+    lr: float = Field(0.0025, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     valid_every: int = Field(2, ge=1)
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")

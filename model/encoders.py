@@ -16,29 +16,36 @@ from model.reflection import RelationReflectionConv
 
 
 class StructureEncoder(nn.Module):
-    r"""Learnable entity embeddings refined by stacked ``GATConv`` layers.
+    r"""Learnable entity embeddings refined by stacked graph attention layers.
 
     .. math::
         h_i^{(0)} = \operatorname{mean}_{j \in \mathcal{N}(i) \cup \{i\}} e_j, \qquad
         h_i^{(l+1)} = \tanh\Big(\sum_{j \in \mathcal{N}(i) \cup \{i\}}
-            \alpha_{ij}^{(l)} W^{(l)} h_j^{(l)}\Big), \quad
-        \alpha_{ij}^{(l)} = \operatorname{softmax}_j\big(\mathrm{LeakyReLU}(
-            a^\top [W h_i \,\|\, W h_j] + b^{(l)} s_{r_{ij}})\big)
+            \alpha_{ij}^{(l)} m^{(l)}_{ij}\Big)
 
-    where :math:`s_{r}` is a learned score of the edge's relation type :math:`r` (inverse
-    relations have their own type), so attention depends on how two entities are related.
-    ``GATConv`` only ever reduces an edge feature to one attention logit per head, so a scalar
-    per type is as expressive as a relation embedding there and avoids an ``[E, d]`` projection
-    per layer, which dominated the step time on large graphs. The output is the
-    concatenation of every layer's representation (``concat_layers``), which keeps both the
-    entity's own signal and its neighbourhood's.
+    The message :math:`m_{ij}` and attention :math:`\alpha_{ij}` depend on ``conv``:
+
+    * ``"reflection"`` (default): :math:`m_{ij} = h_j - 2 (h_j^\top r_{ij}) r_{ij}` with a unit
+      vector per relation type and :math:`\alpha_{ij} = \operatorname{softmax}_j(a^\top
+      r_{ij})` (:class:`~model.reflection.RelationReflectionConv`). No layer has a weight
+      matrix, so nothing but the entity vectors can memorise the seed pairs; on DBP15K zh_en
+      this lifts structure-only Hits@1 from about 0.54 to 0.65.
+    * ``"gat"``: ``GATConv``, :math:`m_{ij} = W h_j` and :math:`\alpha_{ij} =
+      \operatorname{softmax}_j(\mathrm{LeakyReLU}(a^\top [W h_i \| W h_j] + b\, s_{r_{ij}}))`
+      with one learned score :math:`s_r` per relation type. ``GATConv`` only ever reduces an
+      edge feature to one attention logit per head, so a scalar per type is as expressive as a
+      relation embedding there and avoids an ``[E, d]`` projection per layer.
+
+    Inverse relations have their own type, so both say how two entities are related. The output
+    is the concatenation of every layer's representation (``concat_layers``), which keeps both
+    the entity's own signal and its neighbourhood's.
 
     Args:
         num_entities: N, rows of the entity table (both KGs).
         num_edge_types: number of relation types on edges (0 disables relation awareness).
         hidden_dim: d, size of the entity embedding and of every layer.
-        num_layers: number of GAT layers (default 2).
-        heads: attention heads per layer, averaged (default 1).
+        num_layers: number of attention layers (default 2).
+        heads: attention heads per ``GATConv`` layer, averaged (default 1).
         dropout: dropout on layer inputs.
         concat_layers: output ``[h^0 || ... || h^L]`` (size ``(L+1)·d``) instead of ``h^L``.
         relation_channel: add a second GAT stack whose input is the mean embedding of each
@@ -50,9 +57,8 @@ class StructureEncoder(nn.Module):
         self_loops: let an entity attend to itself. Without them an entity is described only
             by its neighbours, so the free vectors of entities outside the seeds (noise) never
             reach their own representation.
-        conv: ``"gat"`` (``GATConv``, relation types as attention scores) or ``"reflection"``
-            (:class:`~model.reflection.RelationReflectionConv`: each relation type reflects
-            the neighbour's vector and alone sets its attention; self-loops pass unchanged).
+        conv: ``"reflection"`` or ``"gat"``, see above (self-loops pass unchanged through a
+            reflection layer).
 
     Shapes:
         edge_index ``[2, E]``, edge_type ``[E]`` → ``[N, out_dim]``.
@@ -62,7 +68,7 @@ class StructureEncoder(nn.Module):
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
                  concat_layers: bool = True, self_loops: bool = True,
                  relation_channel: bool = False, proxies: int = 0,
-                 output_dropout: float = 0.0, conv: str = "gat") -> None:
+                 output_dropout: float = 0.0, conv: str = "reflection") -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types

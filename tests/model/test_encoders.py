@@ -34,7 +34,7 @@ def test_structure_output_shape(num_layers: int, concat_layers: bool, conv: str)
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_structure_heads_are_averaged(heads: int) -> None:
-    encoder = StructureEncoder(N, 2, D, heads=heads, concat_layers=False)
+    encoder = StructureEncoder(N, 2, D, heads=heads, concat_layers=False, conv="gat")
     assert encoder(*_ring()).shape == (N, D)
 
 
@@ -86,9 +86,9 @@ def test_graph_without_edges(conv: str) -> None:
 
 
 @pytest.mark.parametrize("relation_channel", [False, True])
-def test_structure_gradients_reach_entity_and_relation_parameters(relation_channel: bool) -> None:
+def test_gat_gradients_reach_entity_and_relation_parameters(relation_channel: bool) -> None:
     torch.manual_seed(0)
-    encoder = StructureEncoder(N, 2, D, relation_channel=relation_channel)
+    encoder = StructureEncoder(N, 2, D, relation_channel=relation_channel, conv="gat")
     encoder(*_ring()).pow(2).sum().backward()
     assert encoder.entity.weight.grad is not None and encoder.entity.weight.grad.abs().sum() > 0
     assert encoder.edge_score is not None and encoder.edge_score.weight.grad is not None
