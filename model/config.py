@@ -41,17 +41,17 @@ class ModelConfig(_Strict):
     gat_heads: int = Field(1, ge=1, le=8, description="attention heads (structure_conv=gat)")
     structure_conv: Literal["gat", "reflection"] = Field(
         "reflection", description="structure layer: relation reflections, or GATConv")
-    relation_aware: bool = Field(True, description="relation-type scores in GAT attention")
+    relation_aware: bool = Field(True, description="layers depend on relation types")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
-    self_loops: bool = Field(True, description="entities attend to themselves in the GAT")
-    relation_channel: bool = Field(True, description="second GAT stack over relation types")
+    self_loops: bool = Field(True, description="entities attend to themselves")
+    relation_channel: bool = Field(True, description="second structure stack over relation types")
     proxies: int = Field(0, ge=0, le=1024, description="proxy vectors for proxy matching")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on encoder layer inputs")
     structure_dropout: float = Field(0.0, ge=0.0, lt=1.0,
                                      description="on the structure encoder's output")
     modalities: ModalityConfig = ModalityConfig()
     fusion: bool = Field(False, description="learned probability-guided fusion; off = uniform "
-                         "weights over present modalities (the better choice on DBP15K)")
+                         "weights over present modalities (as accurate on DBP15K, and cheaper)")
     fusion_interaction: bool = Field(True, description="cross-modal attention before the Beta head")
     fusion_heads: int = Field(1, ge=1, le=8)
     beta_prior: tuple[float, float] = (5.0, 5.0)

@@ -48,7 +48,7 @@ class StructureEncoder(nn.Module):
         heads: attention heads per ``GATConv`` layer, averaged (default 1).
         dropout: dropout on layer inputs.
         concat_layers: output ``[h^0 || ... || h^L]`` (size ``(L+1)·d``) instead of ``h^L``.
-        relation_channel: add a second GAT stack whose input is the mean embedding of each
+        relation_channel: add a second stack of layers whose input is the mean embedding of each
             entity's incident relation types (what kinds of links it has, whoever they lead to).
         proxies: number of shared proxy vectors for proxy matching (0 disables it), see
             :class:`ProxyMatching`.
