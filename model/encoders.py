@@ -6,6 +6,8 @@ both KGs; relation, attribute and visual features each go through a small MLP.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,7 +70,8 @@ class StructureEncoder(nn.Module):
                  num_layers: int = 2, heads: int = 1, dropout: float = 0.0,
                  concat_layers: bool = True, self_loops: bool = True,
                  relation_channel: bool = False, proxies: int = 0,
-                 output_dropout: float = 0.0, conv: str = "reflection") -> None:
+                 output_dropout: float = 0.0,
+                 conv: Literal["gat", "reflection"] = "reflection") -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -88,11 +91,11 @@ class StructureEncoder(nn.Module):
         # One vector per relation type, used as a unit vector by the reflection layers.
         self.reflection = (nn.Embedding(num_edge_types, hidden_dim)
                            if relation_aware and conv == "reflection" else None)
-        self.layers = self._gat_stack(num_layers, heads, edge_dim)
+        self.layers = self._layer_stack(num_layers, heads, edge_dim)
         self.relation_channel = relation_channel and relation_aware
         self.relation = (nn.Embedding(num_edge_types, hidden_dim)
                          if self.relation_channel else None)
-        self.relation_layers = (self._gat_stack(num_layers, heads, edge_dim)
+        self.relation_layers = (self._layer_stack(num_layers, heads, edge_dim)
                                 if self.relation_channel else None)
         channels = 2 if self.relation_channel else 1
         self.out_dim = channels * hidden_dim * (num_layers + 1 if concat_layers else 1)
@@ -100,7 +103,7 @@ class StructureEncoder(nn.Module):
         self.output_dropout = output_dropout
         self.reset_parameters()
 
-    def _gat_stack(self, num_layers: int, heads: int, edge_dim: int | None) -> nn.ModuleList:
+    def _layer_stack(self, num_layers: int, heads: int, edge_dim: int | None) -> nn.ModuleList:
         if self.conv == "reflection":
             return nn.ModuleList(RelationReflectionConv(self.hidden_dim)
                                  for _ in range(num_layers))
@@ -147,7 +150,7 @@ class StructureEncoder(nn.Module):
             return edge_index, scores
         # Reflection: a zero vector, appended as the last row, reflects nothing; it stands for
         # self-loops and for every edge when relation awareness is off.
-        vectors = edge_index.new_zeros((1, self.hidden_dim), dtype=torch.float)
+        vectors = self.entity.weight.new_zeros((1, self.hidden_dim))
         types = torch.zeros_like(edge_type)
         if self.reflection is not None:
             vectors = torch.cat([F.normalize(self.reflection.weight, dim=-1), vectors])
