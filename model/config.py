@@ -45,6 +45,9 @@ class ModelConfig(_Strict):
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
     self_loops: bool = Field(True, description="entities attend to themselves")
     relation_channel: bool = Field(True, description="second structure stack over relation types")
+    structure_features: list[Literal["relation", "attribute", "visual"]] = Field(
+        default_factory=list, description="feature modalities whose bags seed one more structure "
+        "stack each (used while the modality itself is on)")
     proxies: int = Field(0, ge=0, le=1024, description="proxy vectors for proxy matching")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on encoder layer inputs")
     structure_dropout: float = Field(0.0, ge=0.0, lt=1.0,

@@ -26,37 +26,47 @@ def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Ten
                   scale: float = 30.0, shift: float = 10.0) -> torch.Tensor:
     r"""Per-pair LogSumExp loss against every row of ``candidates``.
 
-    With L2-normalised embeddings, :math:`d(x,y) = \lVert x-y \rVert^2`, for a pair
-    :math:`(l, r)` and each candidate :math:`c` (the pair itself excluded):
+    With L2-normalised embeddings and :math:`d(x,y) = \lVert x-y \rVert^2 = 2 - 2\cos(x,y)`,
+    for a pair :math:`(l, r)` and each candidate :math:`c`:
 
     .. math::
         s_c = d(l, r) - d(l, c) + \gamma, \quad
         \hat s_c = (s_c - \mathrm{mean}(s)) / \mathrm{std}(s), \quad
         \mathcal{L}_l = \log \sum_c \exp(\lambda \hat s_c + \tau)
 
-    and symmetrically for :math:`r`; mean and std are not back-propagated. Standardising makes
-    :math:`\lambda` a sharpness that does not depend on the similarity range.
+    and symmetrically for :math:`r`. The pair's own two columns count with :math:`s_c = 0` and
+    no gradient: once every negative is farther than the positive by the margin, they dominate
+    the sum and the pair stops pulling, so aligned pairs leave room for the rest. Mean and std
+    are taken over the row's cosines and not back-propagated (which is what lets the positive
+    distance, a constant of the row, still get a gradient); standardising makes :math:`\lambda`
+    a sharpness that does not depend on the similarity range.
+
+    :math:`s_c` is affine in :math:`\cos(l, c)`, so the row is computed as one scaled cosine
+    matrix plus per-row terms, with the same value and gradients as the formula but a few
+    passes over the ``[B, N]`` matrix instead of a dozen (it is most of a training step).
 
     Shapes: left, right ``[B, D]``; candidates ``[N, D]``; indices ``[B]`` (rows of the pair
     in ``candidates``) → ``[B]``.
     """
     left, right = F.normalize(left, dim=-1), F.normalize(right, dim=-1)
     candidates = F.normalize(candidates, dim=-1)
-    positive = (left - right).pow(2).sum(-1, keepdim=True)
+    positive = (left - right).pow(2).sum(-1)
     rows = torch.arange(len(left), device=left.device)
-    losses = []
+    total = left.new_zeros(len(left))
     for anchor in (left, right):
-        negative = 2.0 - 2.0 * anchor @ candidates.T
-        margin = positive - negative + gamma
-        keep = torch.ones_like(margin)
-        keep[rows, left_index] = 0.0
-        keep[rows, right_index] = 0.0
-        margin = margin * keep
-        mean = margin.mean(dim=-1, keepdim=True).detach()
-        std = margin.std(dim=-1, keepdim=True).detach().clamp_min(1e-6)
-        standardised = (margin - mean) / std
-        losses.append(torch.logsumexp(scale * standardised + shift, dim=-1))
-    return losses[0] + losses[1]
+        cosine = anchor @ candidates.T
+        with torch.no_grad():
+            spread, mean = torch.std_mean(cosine, dim=-1)
+            # lambda / std(s); s moves by 2 per unit of cosine
+            sharpness = scale / (2.0 * spread.clamp_min(1e-6))
+        logits = (2.0 * sharpness)[:, None] * cosine
+        # Relative to the row's common term below, the own columns sit at s_c = 0.
+        own = -sharpness * (positive + gamma - 2.0)
+        logits[rows, left_index] = own
+        logits[rows, right_index] = own
+        common = shift + sharpness * (positive - positive.detach() - 2.0 * mean)
+        total = total + common + torch.logsumexp(logits, dim=-1)
+    return total
 
 
 def infonce_pair_loss(left: torch.Tensor, right: torch.Tensor, *,

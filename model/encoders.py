@@ -6,6 +6,7 @@ both KGs; relation, attribute and visual features each go through a small MLP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -61,9 +62,13 @@ class StructureEncoder(nn.Module):
             reach their own representation.
         conv: ``"reflection"`` or ``"gat"``, see above (self-loops pass unchanged through a
             reflection layer).
+        feature_dims: input sizes of per-entity feature bags that each seed one more stack of
+            layers (a linear projection of the bag is the stack's input), so an entity is also
+            described by its neighbours' attributes, say, not only by its own.
 
     Shapes:
-        edge_index ``[2, E]``, edge_type ``[E]`` → ``[N, out_dim]``.
+        edge_index ``[2, E]``, edge_type ``[E]``, features: one ``[N, F_k]`` per entry of
+        ``feature_dims`` → ``[N, out_dim]``.
     """
 
     def __init__(self, num_entities: int, num_edge_types: int, hidden_dim: int,
@@ -71,7 +76,8 @@ class StructureEncoder(nn.Module):
                  concat_layers: bool = True, self_loops: bool = True,
                  relation_channel: bool = False, proxies: int = 0,
                  output_dropout: float = 0.0,
-                 conv: Literal["gat", "reflection"] = "reflection") -> None:
+                 conv: Literal["gat", "reflection"] = "reflection",
+                 feature_dims: Sequence[int] = ()) -> None:
         super().__init__()
         self.num_entities = num_entities
         self.num_edge_types = num_edge_types
@@ -97,7 +103,11 @@ class StructureEncoder(nn.Module):
                          if self.relation_channel else None)
         self.relation_layers = (self._layer_stack(num_layers, heads, edge_dim)
                                 if self.relation_channel else None)
-        channels = 2 if self.relation_channel else 1
+        self.feature_projections = nn.ModuleList(nn.Linear(dim, hidden_dim, bias=False)
+                                                 for dim in feature_dims)
+        self.feature_layers = nn.ModuleList(self._layer_stack(num_layers, heads, edge_dim)
+                                            for _ in feature_dims)
+        channels = (2 if self.relation_channel else 1) + len(feature_dims)
         self.out_dim = channels * hidden_dim * (num_layers + 1 if concat_layers else 1)
         self.proxy = ProxyMatching(self.out_dim, proxies) if proxies > 0 else None
         self.output_dropout = output_dropout
@@ -120,12 +130,19 @@ class StructureEncoder(nn.Module):
             nn.init.xavier_uniform_(self.reflection.weight)
         if self.relation is not None:
             nn.init.xavier_uniform_(self.relation.weight)
-        for layer in [*self.layers, *(self.relation_layers or [])]:
+        for projection in self.feature_projections:
+            projection.reset_parameters()
+        stacks = [self.layers, self.relation_layers or [], *self.feature_layers]
+        for layer in (layer for stack in stacks for layer in stack):
             layer.reset_parameters()
         if self.proxy is not None:
             self.proxy.reset_parameters()
 
-    def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
+    def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor,
+                features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        if len(features) != len(self.feature_projections):
+            raise ValueError(f"expected {len(self.feature_projections)} feature matrices, "
+                             f"got {len(features)}")
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
         start = self.smooth(self.entity.weight, edge_index)
@@ -136,6 +153,9 @@ class StructureEncoder(nn.Module):
             start = scatter(self.relation(edge_type), edge_index[1], dim=0,
                             dim_size=self.num_entities, reduce="mean")
             outputs += self._propagate(self.relation_layers, start, layer_edges, edge_attr)
+        for projection, layers, x in zip(self.feature_projections, self.feature_layers,
+                                         features, strict=True):
+            outputs += self._propagate(layers, projection(x), layer_edges, edge_attr)
         h = torch.cat(outputs, dim=-1)
         if self.proxy is not None:
             h = self.proxy(h)

@@ -76,6 +76,9 @@ class MIMEA(nn.Module):
             raise ValueError("MIMEA needs at least one modality")
         self.config = config
         self.modalities = list(modalities)
+        # Feature bags that also seed a stack of the structure encoder.
+        self.structure_features = [name for name in config.structure_features
+                                   if name in self.modalities and "structure" in self.modalities]
         encoders: dict[str, nn.Module] = {}
         for name in self.modalities:
             if name == "structure":
@@ -85,7 +88,8 @@ class MIMEA(nn.Module):
                     dropout=config.dropout, concat_layers=config.concat_layers,
                     self_loops=config.self_loops, relation_channel=config.relation_channel,
                     proxies=config.proxies, output_dropout=config.structure_dropout,
-                    conv=config.structure_conv)
+                    conv=config.structure_conv,
+                    feature_dims=[feature_dims[f] for f in self.structure_features])
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
                                                 dropout=config.dropout)
@@ -111,7 +115,8 @@ class MIMEA(nn.Module):
         masks = []
         for name, encoder in self.encoders.items():
             if name == "structure":
-                h = encoder(inputs.edge_index, inputs.edge_type)
+                h = encoder(inputs.edge_index, inputs.edge_type,
+                            [inputs.features[f] for f in self.structure_features])
                 modal.append(h if rows is None else h[rows])
             else:
                 x = inputs.features[name]

@@ -50,6 +50,61 @@ def test_lse_with_extra_candidates_shape() -> None:
     assert torch.isfinite(loss).all()
 
 
+def _lse_by_the_formula(candidates: torch.Tensor, left_index: torch.Tensor,
+                       right_index: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The docstring's formula, one elementwise step at a time."""
+    h = F.normalize(candidates, dim=-1)
+    left, right = h[left_index], h[right_index]
+    positive = (left - right).pow(2).sum(-1, keepdim=True)
+    own = torch.zeros(len(left_index), len(h), dtype=torch.bool)
+    own[torch.arange(len(left_index)), left_index] = True
+    own[torch.arange(len(left_index)), right_index] = True
+    total = torch.zeros(len(left_index))
+    for anchor in (left, right):
+        cosine = anchor @ h.T
+        margin = positive - (2 - 2 * cosine) + gamma
+        mean = (positive + gamma - 2 + 2 * cosine.mean(-1, keepdim=True)).detach()
+        std = (2 * cosine.std(-1, keepdim=True)).detach()
+        standardised = (margin.masked_fill(own, 0.0) - mean) / std
+        total = total + torch.logsumexp(30.0 * standardised + 10.0, dim=-1)
+    return total
+
+
+@pytest.mark.parametrize("noise", [0.1, 1.0, 3.0])
+def test_lse_matches_its_formula_in_value_and_gradient(noise: float) -> None:
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(60, D, generator=gen)
+    left_index, right_index = torch.arange(10), torch.arange(10, 20)
+    base[right_index] = base[left_index] + noise * torch.randn(10, D, generator=gen)
+    grads = []
+    values = []
+    for loss_of in (lambda h: lse_pair_loss(h[left_index], h[right_index], h, left_index,
+                                            right_index, gamma=1.0),
+                    lambda h: _lse_by_the_formula(h, left_index, right_index, 1.0)):
+        h = base.clone().requires_grad_()
+        value = loss_of(h)
+        value.sum().backward()
+        values.append(value.detach())
+        grads.append(h.grad)
+    torch.testing.assert_close(values[0], values[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
+def test_lse_aligned_pairs_stop_pulling() -> None:
+    # Pairs closer than every negative by more than the margin (random vectors in 256
+    # dimensions are nearly orthogonal): the own columns dominate and the pull vanishes.
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(400, 256, generator=gen)
+    left_index, right_index = torch.arange(5), torch.arange(5, 10)
+    norms = []
+    for noise in (1e-3, 1.0):
+        base[right_index] = base[left_index] + noise * torch.randn(5, 256, generator=gen)
+        h = base.clone().requires_grad_()
+        lse_pair_loss(h[left_index], h[right_index], h, left_index, right_index).sum().backward()
+        norms.append(float(h.grad.norm()))
+    assert norms[0] < 1e-3 * norms[1]
+
+
 @pytest.mark.parametrize("pair_loss", LOSSES)
 def test_optimisation_aligns_toy_pairs(pair_loss: PairLoss) -> None:
     gen = torch.Generator().manual_seed(0)

@@ -120,6 +120,37 @@ def test_reflection_self_loop_keeps_a_nodes_own_vector() -> None:
     torch.testing.assert_close(out[2], torch.tanh(torch.tanh(encoder.entity.weight[2])))
 
 
+@CONVS
+def test_feature_channel_adds_a_stack_that_spreads_over_neighbours(conv: str) -> None:
+    # A bag set on node 0 only reaches node 1 (its ring neighbour) through the extra stack.
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, conv=conv, feature_dims=[5]).eval()
+    plain = StructureEncoder(N, 2, D, conv=conv)
+    assert encoder.out_dim == plain.out_dim + 3 * D
+    bag = torch.zeros(N, 5)
+    out_without = encoder(*_ring(), [bag])
+    bag[0, 2] = 1.0
+    out_with = encoder(*_ring(), [bag])
+    assert out_with.shape == (N, encoder.out_dim)
+    assert not torch.allclose(out_with[1], out_without[1])
+    torch.testing.assert_close(out_with[:, :plain.out_dim], out_without[:, :plain.out_dim])
+    torch.testing.assert_close(out_with[5], out_without[5])  # five hops: out of reach
+
+
+def test_feature_channel_trains_its_projection() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, feature_dims=[5])
+    encoder(*_ring(), [torch.rand(N, 5)]).pow(2).sum().backward()
+    grad = encoder.feature_projections[0].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_feature_channel_count_must_match() -> None:
+    encoder = StructureEncoder(N, 2, D, feature_dims=[5])
+    with pytest.raises(ValueError, match="expected 1 feature matrices, got 0"):
+        encoder(*_ring())
+
+
 def test_unknown_conv_rejected() -> None:
     with pytest.raises(ValueError, match="unknown structure conv"):
         StructureEncoder(N, 2, D, conv="gcn")

@@ -38,6 +38,26 @@ def test_forward_shapes(model_config: ConfigFactory, graph_inputs: GraphInputs) 
     assert out.fusion.weights.shape == (N, 4)
 
 
+@pytest.mark.parametrize(("features", "attribute_on", "expected"), [
+    (["attribute"], True, ["attribute"]),
+    (["attribute", "visual"], True, ["attribute", "visual"]),
+    (["attribute"], False, []),  # the modality's ablation also drops its structure stack
+])
+def test_structure_features_seed_extra_stacks(model_config: ConfigFactory,
+                                              graph_inputs: GraphInputs, features: list[str],
+                                              attribute_on: bool, expected: list[str]) -> None:
+    config = model_config(structure_features=features,
+                          modalities={"attribute": attribute_on})
+    model = build(config, graph_inputs)
+    assert model.structure_features == expected
+    plain = build(model_config(modalities={"attribute": attribute_on}), graph_inputs)
+    stack = (config.gat_layers + 1) * config.hidden_dim
+    assert model.out_dims[0] == plain.out_dims[0] + len(expected) * stack
+    out = model(graph_inputs)
+    assert out.modal[0].shape == (N, model.out_dims[0])
+    assert torch.isfinite(out.joint).all()
+
+
 def test_mask_columns_follow_modality_order(model_config: ConfigFactory,
                                             graph_inputs: GraphInputs) -> None:
     model = build(model_config(), graph_inputs)
