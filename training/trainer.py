@@ -101,26 +101,23 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
             found = mutual_nearest_pairs(joint, sources, targets, k=config.eval.csls_k)
             return {tuple(p) for p in found.tolist()}
 
-        # The state the base training ended on is a second snapshot of the model: pairs that
-        # are mutual nearest neighbours there and in the selected state already persist, so
-        # the first round trains on pseudo-labels too (where the two states are one, every
-        # mutual pair counts as persistent).
-        previous = mutual_pairs(infer(model, inputs).joint)
-        model.load_state_dict(run.best_state)
-        joint = infer(model, inputs).joint
-        base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
-                         wall_s=time.perf_counter() - start)
+        # Each round takes the pairs that are mutual nearest neighbours both in the state the
+        # last fit ended on and in the best state so far: two snapshots of the model, so a
+        # pair must persist to be trusted, even when the last round did not beat the best
+        # (where the two are one state, every mutual pair counts).
         for round_no in range(config.training.iterations):
-            if round_no > 0:
-                model.load_state_dict(run.best_state)
-                joint = infer(model, inputs).joint
-            current = mutual_pairs(joint)
-            stable = sorted(current & previous)
-            previous = current
+            ended = mutual_pairs(infer(model, inputs).joint)
+            model.load_state_dict(run.best_state)
+            joint = infer(model, inputs).joint
+            if base is None:
+                base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
+                                 wall_s=time.perf_counter() - start)
+            best = mutual_pairs(joint)
+            stable = sorted(ended & best)
             if stable:
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
-                        len(current), len(stable))
+                        len(best), len(stable))
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
