@@ -43,14 +43,15 @@ class ModelConfig(_Strict):
         "reflection", description="structure layer: relation reflections, or GATConv")
     relation_aware: bool = Field(True, description="layers depend on relation types")
     concat_layers: bool = Field(True, description="structure output = concat of every layer")
-    self_loops: bool = Field(True, description="entities attend to themselves")
+    self_loops: bool = Field(False, description="entities attend to themselves (and start from "
+                            "their own vector among their neighbours')")
     relation_channel: bool = Field(True, description="second structure stack over relation types")
     structure_features: list[Literal["relation", "attribute", "visual"]] = Field(
-        default_factory=list, description="feature modalities whose bags seed one more structure "
-        "stack each (used while the modality itself is on)")
-    proxies: int = Field(0, ge=0, le=1024, description="proxy vectors for proxy matching")
+        default_factory=lambda: ["attribute"], description="feature modalities whose bags seed "
+        "one more structure stack each (used while the modality itself is on)")
+    proxies: int = Field(64, ge=0, le=1024, description="proxy vectors for proxy matching")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on encoder layer inputs")
-    structure_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+    structure_dropout: float = Field(0.3, ge=0.0, lt=1.0,
                                      description="on the structure encoder's output")
     modalities: ModalityConfig = ModalityConfig()
     fusion: bool = Field(False, description="learned probability-guided fusion; off = uniform "
@@ -85,9 +86,9 @@ class LossConfig(_Strict):
 class TrainingConfig(_Strict):
     """Optimisation, model selection and pseudo-labelling."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(1024, ge=8)
-    lr: float = Field(0.0025, gt=0.0)
+    lr: float = Field(0.005, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     valid_every: int = Field(2, ge=1)
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")

@@ -139,24 +139,37 @@ class StructureEncoder(nn.Module):
             self.proxy.reset_parameters()
 
     def forward(self, edge_index: torch.Tensor, edge_type: torch.Tensor,
-                features: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                features: Sequence[torch.Tensor] = (),
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode every entity, or only ``rows`` (entity indices; output row ``i`` is entity
+        ``rows[i]``). The layers below the last still run over the whole graph, since the
+        rows' neighbours need their own neighbours; the last layer, proxy matching and
+        dropout only run for the rows, which is most of a training step's saving."""
         if len(features) != len(self.feature_projections):
             raise ValueError(f"expected {len(self.feature_projections)} feature matrices, "
                              f"got {len(features)}")
+        layer_edges, edge_attr = self._layer_edges(edge_index, edge_type)
+        last_edges, last_attr = layer_edges, edge_attr
+        if rows is not None:
+            wanted = torch.zeros(self.num_entities, dtype=torch.bool, device=rows.device)
+            wanted[rows] = True
+            keep = wanted[layer_edges[1]]
+            last_edges = layer_edges[:, keep]
+            last_attr = edge_attr[keep] if edge_attr is not None else None
+        edges = (layer_edges, edge_attr, last_edges, last_attr)
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
         start = self.smooth(self.entity.weight, edge_index)
-        layer_edges, edge_attr = self._layer_edges(edge_index, edge_type)
-        outputs = self._propagate(self.layers, start, layer_edges, edge_attr)
+        outputs = self._propagate(self.layers, start, *edges)
         if self.relation_layers is not None and self.relation is not None:
             # Second channel: an entity starts as the mean of its incident relation types.
             start = scatter(self.relation(edge_type), edge_index[1], dim=0,
                             dim_size=self.num_entities, reduce="mean")
-            outputs += self._propagate(self.relation_layers, start, layer_edges, edge_attr)
+            outputs += self._propagate(self.relation_layers, start, *edges)
         for projection, layers, x in zip(self.feature_projections, self.feature_layers,
                                          features, strict=True):
-            outputs += self._propagate(layers, projection(x), layer_edges, edge_attr)
-        h = torch.cat(outputs, dim=-1)
+            outputs += self._propagate(layers, projection(x), *edges)
+        h = torch.cat([h if rows is None else h[rows] for h in outputs], dim=-1)
         if self.proxy is not None:
             h = self.proxy(h)
         return F.dropout(h, p=self.output_dropout, training=self.training)
@@ -181,12 +194,19 @@ class StructureEncoder(nn.Module):
         return edge_index, vectors[types]
 
     def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, edge_index: torch.Tensor,
-                   edge_attr: torch.Tensor | None) -> list[torch.Tensor]:
+                   edge_attr: torch.Tensor | None, last_edge_index: torch.Tensor,
+                   last_edge_attr: torch.Tensor | None) -> list[torch.Tensor]:
+        """Run one stack; the last layer uses ``last_edge_index`` (the edges into the wanted
+        rows, or all of them)."""
         h = torch.tanh(h)  # same range as the layers' outputs it is concatenated with
         outputs = [h]
-        for layer in layers:
+        for depth, layer in enumerate(layers, start=1):
             h = F.dropout(h, p=self.dropout, training=self.training)
-            h = torch.tanh(layer(h, edge_index, edge_attr=edge_attr))
+            if depth == len(layers):
+                h = layer(h, last_edge_index, edge_attr=last_edge_attr)
+            else:
+                h = layer(h, edge_index, edge_attr=edge_attr)
+            h = torch.tanh(h)
             outputs.append(h)
         return outputs if self.concat_layers else [outputs[-1]]
 

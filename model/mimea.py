@@ -107,17 +107,17 @@ class MIMEA(nn.Module):
         """Embed every entity, or only ``rows`` (entity indices): the output's row ``i`` is
         entity ``rows[i]``.
 
-        The structure encoder always runs over the whole graph (a GNN needs the neighbours);
-        ``rows`` only limits the feature encoders and the fusion, which is what makes a training
-        step cost the batch rather than the graph.
+        The structure encoder's lower layers always run over the whole graph (a GNN needs the
+        neighbours); ``rows`` limits its last layer, the feature encoders and the fusion, which
+        is what makes a training step cost the batch rather than the graph.
         """
         modal = []
         masks = []
         for name, encoder in self.encoders.items():
             if name == "structure":
-                h = encoder(inputs.edge_index, inputs.edge_type,
-                            [inputs.features[f] for f in self.structure_features])
-                modal.append(h if rows is None else h[rows])
+                modal.append(encoder(inputs.edge_index, inputs.edge_type,
+                                     [inputs.features[f] for f in self.structure_features],
+                                     rows=rows))
             else:
                 x = inputs.features[name]
                 modal.append(encoder(x if rows is None else x[rows]))

@@ -81,7 +81,8 @@ def model_config() -> Callable[..., ModelConfig]:
     """``model_config(**overrides)``: a small, dropout-free ModelConfig with every module on."""
 
     def build(**overrides: Any) -> ModelConfig:
-        return ModelConfig.model_validate({"hidden_dim": 16, "dropout": 0.0, "fusion": True,
+        return ModelConfig.model_validate({"hidden_dim": 16, "dropout": 0.0,
+                                           "structure_dropout": 0.0, "fusion": True,
                                            **overrides})
 
     return build

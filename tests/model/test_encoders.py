@@ -151,6 +151,17 @@ def test_feature_channel_count_must_match() -> None:
         encoder(*_ring())
 
 
+@CONVS
+@pytest.mark.parametrize("proxies", [0, 4])
+def test_rows_give_the_full_output_at_those_rows(conv: str, proxies: int) -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, conv=conv, proxies=proxies, feature_dims=[3]).eval()
+    bag = torch.rand(N, 3)
+    rows = torch.tensor([7, 0, 3, 3])
+    full = encoder(*_ring(), [bag])
+    torch.testing.assert_close(encoder(*_ring(), [bag], rows=rows), full[rows])
+
+
 def test_unknown_conv_rejected() -> None:
     with pytest.raises(ValueError, match="unknown structure conv"):
         StructureEncoder(N, 2, D, conv="gcn")

@@ -29,7 +29,8 @@ def test_forward_shapes(model_config: ConfigFactory, graph_inputs: GraphInputs) 
     out = model(graph_inputs)
     assert isinstance(out, MIMEAOutput)
     assert model.modalities == list(MODALITIES)
-    channels = 2 if config.relation_channel else 1
+    assert model.structure_features == ["attribute"]
+    channels = (2 if config.relation_channel else 1) + 1
     structure_dim = channels * (config.gat_layers + 1) * config.hidden_dim
     assert [h.shape for h in out.modal] == [(N, structure_dim)] + [(N, config.hidden_dim)] * 3
     assert model.out_dims == [structure_dim] + [config.hidden_dim] * 3
@@ -50,7 +51,8 @@ def test_structure_features_seed_extra_stacks(model_config: ConfigFactory,
                           modalities={"attribute": attribute_on})
     model = build(config, graph_inputs)
     assert model.structure_features == expected
-    plain = build(model_config(modalities={"attribute": attribute_on}), graph_inputs)
+    plain = build(model_config(structure_features=[], modalities={"attribute": attribute_on}),
+                  graph_inputs)
     stack = (config.gat_layers + 1) * config.hidden_dim
     assert model.out_dims[0] == plain.out_dims[0] + len(expected) * stack
     out = model(graph_inputs)
