@@ -86,7 +86,7 @@ class LossConfig(_Strict):
 class TrainingConfig(_Strict):
     """Optimisation, model selection and pseudo-labelling."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
     lr: float = Field(0.005, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
