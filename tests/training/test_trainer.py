@@ -9,6 +9,7 @@ import torch
 
 from model.config import MIMEAConfig, load_config
 from model.device import resolve_device
+from training import trainer as trainer_module
 from training.pipeline import PreparedData, prepare
 from training.trainer import TrainResult, train_model
 
@@ -75,6 +76,33 @@ def test_first_round_already_trains_on_pseudo_labels(synthetic_dir: Path,
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
                                  iteration_epochs=1)
     assert result.pseudo_pairs > 0
+
+
+def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each round asks for the mutual pairs of the state the last fit ended on, then of the
+    # best state, and trains on the pairs found in both; even when the best state is the same
+    # as the round before, the ended state differs, so not every mutual pair gets through.
+    found = iter([[(0, 50), (1, 51)], [(1, 51), (2, 52)],   # round 1: (1, 51) persists
+                  [(2, 52), (3, 53)], [(3, 53)]])            # round 2: (3, 53) persists
+    trained_on: list[set[tuple[int, int]]] = []
+
+    def fake_mutual(*_: object, **__: object) -> torch.Tensor:
+        return torch.tensor(next(found))
+
+    original_fit = trainer_module._Run.fit
+
+    def recording_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
+        trained_on.append({tuple(p) for p in pairs.tolist()})
+        original_fit(self, pairs, epochs)
+
+    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    monkeypatch.setattr(trainer_module._Run, "fit", recording_fit)
+    _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
+                                 iteration_epochs=1)
+    seeds = trained_on[0]
+    assert [pairs - seeds for pairs in trained_on[1:]] == [{(1, 51)}, {(3, 53)}]
+    assert result.pseudo_pairs == 1
 
 
 def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
