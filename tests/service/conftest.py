@@ -14,11 +14,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint
+from bench.checkpoints import noisy_copy_embeddings
+from model.checkpoint import EntityTable, write_checkpoint
 from service.main import create_app
 from service.settings import Settings
 
-MODALITIES = ["structure", "relation", "attribute", "visual"]
 DIMS = {"structure": 32, "relation": 16, "attribute": 16, "visual": 24}
 N1, N2, N_GOLD = 300, 320, 300
 TEST_REDIS_URL = os.environ.get("MIMEA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -52,35 +52,19 @@ def _kg2_uri(i: int) -> str:
 def build_checkpoint(path: Path, *, seed: int = 0) -> SyntheticCheckpoint:
     """KG2 entity j < N_GOLD is a noisy copy of KG1 entity perm[j]; the rest are unmatched."""
     gen = torch.Generator().manual_seed(seed)
+    perm, tables = noisy_copy_embeddings(N1, N2, N_GOLD, DIMS, noise=0.35,
+                                         missing={"visual": 0.3, "attribute": 0.1}, gen=gen)
     n = N1 + N2
-    perm = torch.randperm(N1, generator=gen)
-    mask = torch.ones(n, len(MODALITIES), dtype=torch.bool)
-    mask[:, 3] = torch.rand(n, generator=gen) > 0.3  # visual often missing
-    mask[:, 2] = torch.rand(n, generator=gen) > 0.1  # attributes sometimes missing
-    mods: dict[str, torch.Tensor] = {}
-    for m in MODALITIES:
-        base = torch.randn(N1, DIMS[m], generator=gen)
-        kg2 = torch.randn(N2, DIMS[m], generator=gen)
-        kg2[:N_GOLD] = base[perm] + 0.35 * torch.randn(N_GOLD, DIMS[m], generator=gen)
-        mods[m] = torch.cat([base, kg2])
-    for i, m in enumerate(MODALITIES):
-        mods[m][~mask[:, i]] = 0.0
-    raw = torch.rand(n, len(MODALITIES), generator=gen) + 0.2
-    weights = torch.where(mask, raw, torch.zeros_like(raw))
-    weights = weights / weights.sum(1, keepdim=True)
-    joint = torch.cat([weights[:, i:i + 1] * torch.nn.functional.normalize(mods[m], dim=1)
-                       for i, m in enumerate(MODALITIES)], dim=1)
     uris = [_kg1_uri(i) for i in range(N1)] + [_kg2_uri(j) for j in range(N2)]
     kgs = [1] * N1 + [2] * N2
     gold = [(uris[int(perm[j])], uris[N1 + j]) for j in range(N_GOLD)]
     pairs = [[int(perm[j]), N1 + j] for j in range(N_GOLD)]
     version = write_checkpoint(
         path,
-        config={"modalities": MODALITIES, "model": {"hidden": 32},
+        config={"modalities": list(DIMS), "model": {"hidden": 32},
                 "data": {"name": "synthetic", "kg1": "KG1", "kg2": "KG2"}},
         weights={"encoder.weight": torch.randn(4, 4, generator=gen)},
-        embeddings=EmbeddingTables(joint=joint, modalities=mods, fusion_weights=weights,
-                                   mask=mask),
+        embeddings=tables,
         entities=EntityTable(ids=list(range(n)), kgs=kgs, uris=uris),
         split={"train_ratio": 0.3, "seed": seed, "train": pairs[:90], "valid": pairs[90:120],
                "test": pairs[120:]},

@@ -146,7 +146,7 @@ def test_serve_subprocess_fails_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--checkpoint",
                            str(tmp_path / "absent")], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=60)
+                          cwd=ROOT, timeout=300)
     assert proc.returncode == 1
     assert "cannot start the service" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
