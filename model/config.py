@@ -89,6 +89,11 @@ class TrainingConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
     lr: float = Field(0.005, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: each fit (the base run, every pseudo-label round) "
+        "anneals the lr from lr to lr_floor times lr over its epochs")
+    lr_floor: float = Field(0.1, ge=0.0, le=1.0, description="final lr of the cosine schedule, "
+                            "as a share of lr")
     weight_decay: float = Field(0.0, ge=0.0)
     valid_every: int = Field(2, ge=1)
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.config import MIMEAConfig
+from model.config import MIMEAConfig, TrainingConfig
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from model.objective import alignment_objective
 from training.evaluation import mutual_nearest_pairs, validation_hits1
@@ -126,6 +127,18 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                        pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base)
 
 
+def epoch_lr(config: TrainingConfig, epoch: int, epochs: int) -> float:
+    """Learning rate of the ``epoch``-th (0-based) of ``epochs`` epochs of one fit.
+
+    The cosine schedule damps the late-epoch drift of entities outside the seeds, which keep
+    moving under constant-lr Adam steps though they are only ever sampled as negatives.
+    """
+    if config.lr_schedule == "constant" or epochs <= 1:
+        return config.lr
+    floor = config.lr * config.lr_floor
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * epoch / (epochs - 1)))
+
+
 class _Run:
     """Mutable state of one training run (epoch counter, best state, history)."""
 
@@ -153,14 +166,17 @@ class _Run:
         cfg = self.config.training
         stale = 0
         bar = tqdm(range(epochs), desc="train", disable=not self.progress, leave=False)
-        for _ in bar:
+        for step in bar:
+            lr = epoch_lr(cfg, step, epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             self.epoch += 1
             losses = self._epoch(pairs)
-            record = {"epoch": float(self.epoch), **losses}
+            record = {"epoch": float(self.epoch), "lr": lr, **losses}
             if len(self.valid_pairs) == 0:
                 # Nothing to select on: the latest state is the result.
                 self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
-            elif self.epoch % cfg.valid_every == 0 or _ == epochs - 1:
+            elif self.epoch % cfg.valid_every == 0 or step == epochs - 1:
                 score = self._validate()
                 record["valid_hits1"] = score
                 logger.info("epoch %d: loss %.3f, valid Hits@1 %.4f", self.epoch,

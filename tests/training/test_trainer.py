@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,23 @@ def test_resolve_device(name: str) -> None:
 def test_cuda_without_gpu_rejected() -> None:
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_cosine_schedule_anneals_each_fit(synthetic_dir: Path, tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides, "training.epochs=5", "training.lr=0.01",
+                     "training.lr_schedule=cosine", "training.lr_floor=0.1",
+                     "training.patience=10")
+    records: list[dict[str, float]] = []
+    _train(prepare(synthetic_dir, config), config, on_epoch=records.append)
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[-1] == pytest.approx(0.001)
+    assert lrs[2] == pytest.approx(0.0055)  # halfway: the mean of start and floor
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+
+
+def test_constant_schedule_keeps_the_lr(synthetic_dir: Path, tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides, "training.epochs=3", "training.lr=0.01")
+    records: list[dict[str, float]] = []
+    _train(prepare(synthetic_dir, config), config, on_epoch=records.append)
+    assert [r["lr"] for r in records] == [0.01] * 3
