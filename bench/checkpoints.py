@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # the bench process loads torch only when it builds a synthetic checkpoint
+    import torch
 
-from model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint
+    from model.checkpoint import EmbeddingTables
 
 ROOT = Path(__file__).resolve().parents[1]
 ZH_EN_DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
@@ -27,6 +28,11 @@ def noisy_copy_embeddings(n1: int, n2: int, n_gold: int, dims: Mapping[str, int]
     builds it), so candidates and align answers are meaningful, not random. Returns ``perm``
     (the gold alignment) and the tables.
     """
+    import torch
+    import torch.nn.functional as F
+
+    from model.checkpoint import EmbeddingTables
+
     modalities = list(dims)
     perm = torch.randperm(n1, generator=gen)[:n_gold]
     n = n1 + n2
@@ -52,6 +58,10 @@ def noisy_copy_embeddings(n1: int, n2: int, n_gold: int, dims: Mapping[str, int]
 def build_synthetic(path: Path, n1: int, n2: int, *, dim: int = 300, seed: int = 0) -> Path:
     """A zh_en-sized checkpoint: 3 modalities x ``dim``; KG2 rows are noisy copies of KG1
     partners, and a fifth of the entities have no image."""
+    import torch
+
+    from model.checkpoint import EntityTable, write_checkpoint
+
     gen = torch.Generator().manual_seed(seed)
     n_gold = min(n1, n2, max(1, int(0.77 * min(n1, n2))))  # DBP15K: 15,000 of ~19,500
     perm, tables = noisy_copy_embeddings(
