@@ -15,7 +15,7 @@ from torch import nn
 from torch_geometric.nn import GATConv, SimpleConv
 from torch_geometric.utils import add_self_loops, scatter
 
-from model.reflection import RelationReflectionConv
+from model.reflection import RelationGroups, RelationReflectionConv
 
 
 class StructureEncoder(nn.Module):
@@ -148,15 +148,11 @@ class StructureEncoder(nn.Module):
         if len(features) != len(self.feature_projections):
             raise ValueError(f"expected {len(self.feature_projections)} feature matrices, "
                              f"got {len(features)}")
-        layer_edges, edge_attr = self._layer_edges(edge_index, edge_type)
-        last_edges, last_attr = layer_edges, edge_attr
+        wanted = None
         if rows is not None:
             wanted = torch.zeros(self.num_entities, dtype=torch.bool, device=rows.device)
             wanted[rows] = True
-            keep = wanted[layer_edges[1]]
-            last_edges = layer_edges[:, keep]
-            last_attr = edge_attr[keep] if edge_attr is not None else None
-        edges = (layer_edges, edge_attr, last_edges, last_attr)
+        edges = self._layer_inputs(edge_index, edge_type, wanted)
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
         start = self.smooth(self.entity.weight, edge_index)
@@ -174,13 +170,22 @@ class StructureEncoder(nn.Module):
             h = self.proxy(h)
         return F.dropout(h, p=self.output_dropout, training=self.training)
 
-    def _layer_edges(self, edge_index: torch.Tensor, edge_type: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The layers' edges and per-edge inputs: a relation score for ``GATConv`` (which adds
-        its own self-loops), a unit relation vector for the reflection layer."""
+    def _layer_inputs(self, edge_index: torch.Tensor, edge_type: torch.Tensor,
+                      wanted: torch.Tensor | None) -> tuple[tuple, tuple]:
+        """The arguments of every layer but the last, and of the last one, which only needs
+        the edges into the ``wanted`` rows (bool ``[N]``; ``None``: every row).
+
+        ``GATConv`` (which adds its own self-loops) takes the edges and a relation score per
+        edge; a reflection layer takes the edges grouped by target and relation, and each
+        group's unit relation vector.
+        """
         if self.conv == "gat":
             scores = self.edge_score(edge_type) if self.edge_score is not None else None
-            return edge_index, scores
+            if wanted is None:
+                return (edge_index, scores), (edge_index, scores)
+            keep = wanted[edge_index[1]]
+            return (edge_index, scores), (edge_index[:, keep],
+                                          scores[keep] if scores is not None else None)
         # Reflection: a zero vector, appended as the last row, reflects nothing; it stands for
         # self-loops and for every edge when relation awareness is off.
         vectors = self.entity.weight.new_zeros((1, self.hidden_dim))
@@ -191,21 +196,18 @@ class StructureEncoder(nn.Module):
         if self.self_loops:
             edge_index, types = add_self_loops(edge_index, types, fill_value=len(vectors) - 1,
                                                num_nodes=self.num_entities)
-        return edge_index, vectors[types]
+        groups = RelationGroups.from_edges(edge_index, types, self.num_entities)
+        last = groups if wanted is None else groups.restrict(wanted)
+        return (groups, vectors[groups.edge_type]), (last, vectors[last.edge_type])
 
-    def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, edge_index: torch.Tensor,
-                   edge_attr: torch.Tensor | None, last_edge_index: torch.Tensor,
-                   last_edge_attr: torch.Tensor | None) -> list[torch.Tensor]:
-        """Run one stack; the last layer uses ``last_edge_index`` (the edges into the wanted
-        rows, or all of them)."""
+    def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, inputs: tuple,
+                   last_inputs: tuple) -> list[torch.Tensor]:
+        """Run one stack; the last layer takes ``last_inputs`` (see :meth:`_layer_inputs`)."""
         h = torch.tanh(h)  # same range as the layers' outputs it is concatenated with
         outputs = [h]
         for depth, layer in enumerate(layers, start=1):
             h = F.dropout(h, p=self.dropout, training=self.training)
-            if depth == len(layers):
-                h = layer(h, last_edge_index, edge_attr=last_edge_attr)
-            else:
-                h = layer(h, edge_index, edge_attr=edge_attr)
+            h = layer(h, *(last_inputs if depth == len(layers) else inputs))
             h = torch.tanh(h)
             outputs.append(h)
         return outputs if self.concat_layers else [outputs[-1]]

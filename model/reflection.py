@@ -1,4 +1,4 @@
-"""A relation-reflection graph attention layer (PyG ``MessagePassing``).
+"""A relation-reflection graph attention layer, and the edge grouping that makes it cheap.
 
 PyG's ``GATConv`` reduces an edge feature to one attention logit, so the message a neighbour
 sends is the same whatever relation links the two entities. Here each relation type owns a
@@ -10,13 +10,62 @@ play the same role on both sides.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import softmax
+from torch_geometric.utils import scatter, softmax
 
 
-class RelationReflectionConv(MessagePassing):
+@dataclass(frozen=True)
+class RelationGroups:
+    """The edges of a graph grouped by (target entity, relation type).
+
+    The attention weight of an edge depends only on its target and its relation, and a
+    reflection is linear, so the messages of one group can be summed *before* they are
+    reflected: a layer then reflects one vector per group instead of one per edge. Summing is
+    a product with the constant sparse matrix ``members``, which never materialises a vector per
+    edge (on DBP15K zh_en: 181,391 groups for 330,228 edges).
+
+    Fields (``U`` groups, ``N`` entities): ``members`` sparse COO ``[U, N]`` whose row ``u``
+    averages the sources of group ``u``; ``target`` ``[U]``; ``edge_type`` ``[U]``;
+    ``log_count`` ``[U]``, log of the group's number of edges (its share of the attention).
+    """
+
+    members: torch.Tensor
+    target: torch.Tensor
+    edge_type: torch.Tensor
+    log_count: torch.Tensor
+    num_nodes: int
+
+    @classmethod
+    def from_edges(cls, edge_index: torch.Tensor, edge_type: torch.Tensor,
+                   num_nodes: int) -> RelationGroups:
+        """Group edges ``source → target`` (``edge_index`` ``[2, E]``) by target and type."""
+        num_types = int(edge_type.max()) + 1 if edge_type.numel() else 1
+        keys, group = torch.unique(edge_index[1] * num_types + edge_type, return_inverse=True)
+        counts = torch.bincount(group, minlength=len(keys))
+        members = torch.sparse_coo_tensor(
+            torch.stack([group, edge_index[0]]), 1.0 / counts[group].float(),
+            size=(len(keys), num_nodes)).coalesce()
+        return cls(members=members, target=keys // num_types, edge_type=keys % num_types,
+                   log_count=counts.float().log(), num_nodes=num_nodes)
+
+    def restrict(self, wanted: torch.Tensor) -> RelationGroups:
+        """Only the groups whose target is ``wanted`` (bool ``[N]``), in the same order."""
+        keep = wanted[self.target]
+        renumber = torch.cumsum(keep, dim=0) - 1
+        index, values = self.members.indices(), self.members.values()
+        member_kept = keep[index[0]]
+        members = torch.sparse_coo_tensor(
+            torch.stack([renumber[index[0, member_kept]], index[1, member_kept]]),
+            values[member_kept], size=(int(keep.sum()), self.num_nodes)).coalesce()
+        return RelationGroups(members=members, target=self.target[keep],
+                              edge_type=self.edge_type[keep], log_count=self.log_count[keep],
+                              num_nodes=self.num_nodes)
+
+
+class RelationReflectionConv(nn.Module):
     r"""Attention over neighbours, each reflected by its relation's unit vector.
 
     .. math::
@@ -27,34 +76,36 @@ class RelationReflectionConv(MessagePassing):
     The attention depends only on how ``j`` is related to ``i``, and the layer has no weight
     matrix: the relation vectors (owned by the caller, shared across layers) and one attention
     vector :math:`a` are all it learns. An edge whose relation vector is zero (a self-loop, say)
-    passes :math:`h_j` unchanged with logit 0.
+    passes :math:`h_j` unchanged with logit 0. It is computed per :class:`RelationGroups`
+    group: with :math:`\bar h_u` the mean of group :math:`u`'s sources and :math:`n_u` its
+    size, :math:`h'_i = \sum_u \operatorname{softmax}_u(a^\top r_u + \log n_u)\,
+    \operatorname{reflect}_{r_u}(\bar h_u)`, the same value.
 
     Args:
         channels: d, size of node and relation vectors.
 
     Shapes:
-        x ``[N, d]``, edge_index ``[2, E]``, relation ``[E, d]`` (unit or zero rows) → ``[N, d]``.
+        x ``[N, d]``, groups with ``U`` groups, relation ``[U, d]`` (each group's unit or zero
+        relation vector) → ``[N, d]``.
     """
 
     def __init__(self, channels: int) -> None:
-        super().__init__(aggr="add", node_dim=0)
+        super().__init__()
         self.channels = channels
         self.att = nn.Parameter(torch.empty(1, channels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
         nn.init.xavier_uniform_(self.att)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
-                edge_attr: torch.Tensor) -> torch.Tensor:
-        alpha = softmax(edge_attr @ self.att[0], edge_index[1], num_nodes=x.size(0))
-        return self.propagate(edge_index, x=x, relation=edge_attr, alpha=alpha)
-
-    def message(self, x_j: torch.Tensor, relation: torch.Tensor,
-                alpha: torch.Tensor) -> torch.Tensor:
-        reflected = x_j - 2.0 * (x_j * relation).sum(-1, keepdim=True) * relation
-        return alpha.unsqueeze(-1) * reflected
+    def forward(self, x: torch.Tensor, groups: RelationGroups,
+                relation: torch.Tensor) -> torch.Tensor:
+        mean = torch.sparse.mm(groups.members, x)
+        reflected = mean - 2.0 * (mean * relation).sum(-1, keepdim=True) * relation
+        alpha = softmax(relation @ self.att[0] + groups.log_count, groups.target,
+                        num_nodes=x.size(0))
+        return scatter(alpha.unsqueeze(-1) * reflected, groups.target, dim=0,
+                       dim_size=x.size(0), reduce="sum")
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels})"
