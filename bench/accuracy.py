@@ -42,7 +42,8 @@ ABLATIONS: dict[str, list[str]] = {
     "w/o OT alignment": ["model.ot_alignment=false"],
     "w/o modal contrastive": ["model.modal_contrastive=false"],
     "w/o structure": ["model.modalities.structure=false"],
-    "w/o relation types": ["model.modalities.relation=false"],
+    "+ relation-bag MLP": ["model.modalities.relation=true"],
+    "w/o relation types (structure blind to them, no bag)": ["model.relation_aware=false"],
     "w/o attributes": ["model.modalities.attribute=false"],
 }
 

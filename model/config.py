@@ -25,7 +25,11 @@ class ModalityConfig(_Strict):
     """Which modalities the model uses; a modality absent from the data is dropped anyway."""
 
     structure: bool = True
-    relation: bool = True
+    # The relation-bag MLP is off by default: relation ids are private to each KG, so the bag
+    # can only be aligned through the seeds, and its MLP memorises them (on DBP15K zh_en it
+    # costs 2.3 points of Hits@1 and doubles the mean rank). The structure encoder uses the
+    # relation types either way (reflections, relation channel).
+    relation: bool = False
     attribute: bool = True
     visual: bool = True
 
@@ -90,7 +94,7 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(1024, ge=8)
     lr: float = Field(0.005, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: each fit (the base run, every pseudo-label round) "
+        "cosine", description="cosine: each fit (the base run, every pseudo-label round) "
         "anneals the lr from lr to lr_floor times lr over its epochs")
     lr_floor: float = Field(0.1, ge=0.0, le=1.0, description="final lr of the cosine schedule, "
                             "as a share of lr")
