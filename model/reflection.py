@@ -47,7 +47,7 @@ class RelationGroups:
         counts = torch.bincount(group, minlength=len(keys))
         members = torch.sparse_coo_tensor(
             torch.stack([group, edge_index[0]]), 1.0 / counts[group].float(),
-            size=(len(keys), num_nodes)).coalesce()
+            size=(len(keys), num_nodes), check_invariants=False).coalesce()
         return cls(members=members, target=keys // num_types, edge_type=keys % num_types,
                    log_count=counts.float().log(), num_nodes=num_nodes)
 
@@ -59,7 +59,8 @@ class RelationGroups:
         member_kept = keep[index[0]]
         members = torch.sparse_coo_tensor(
             torch.stack([renumber[index[0, member_kept]], index[1, member_kept]]),
-            values[member_kept], size=(int(keep.sum()), self.num_nodes)).coalesce()
+            values[member_kept], size=(int(keep.sum()), self.num_nodes),
+            check_invariants=False).coalesce()
         return RelationGroups(members=members, target=self.target[keep],
                               edge_type=self.edge_type[keep], log_count=self.log_count[keep],
                               num_nodes=self.num_nodes)

@@ -78,11 +78,13 @@ def graph_inputs() -> GraphInputs:
 
 @pytest.fixture
 def model_config() -> Callable[..., ModelConfig]:
-    """``model_config(**overrides)``: a small, dropout-free ModelConfig with every module on."""
+    """``model_config(**overrides)``: a small, dropout-free ModelConfig with every module and
+    every modality on."""
 
     def build(**overrides: Any) -> ModelConfig:
         return ModelConfig.model_validate({"hidden_dim": 16, "dropout": 0.0,
                                            "structure_dropout": 0.0, "fusion": True,
+                                           "modalities": dict.fromkeys(MODALITIES, True),
                                            **overrides})
 
     return build

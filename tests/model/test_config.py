@@ -24,7 +24,7 @@ def test_defaults_are_valid() -> None:
     config = load_config()
     assert isinstance(config, MIMEAConfig)
     assert config == MIMEAConfig()
-    assert config.model.modalities.enabled() == list(MODALITIES)
+    assert config.model.modalities.enabled() == ["structure", "attribute", "visual"]
 
 
 def test_config_round_trips_through_json() -> None:
@@ -39,7 +39,7 @@ def test_load_file(suffix: str, tmp_path: Path) -> None:
     config = load_config(path)
     assert config.model.hidden_dim == 64
     assert config.model.ot_alignment is False
-    assert config.model.modalities.enabled() == ["structure", "relation", "attribute"]
+    assert config.model.modalities.enabled() == ["structure", "attribute"]
     assert (config.training.epochs, config.training.lr) == (7, 0.002)
     assert config.loss == MIMEAConfig().loss  # untouched sections keep their defaults
 
@@ -69,7 +69,7 @@ def test_override_values(override: str, section: str, key: str, value: object) -
 def test_nested_override() -> None:
     config = load_config(None, ["model.modalities.visual=false"])
     assert config.model.modalities.visual is False
-    assert config.model.modalities.enabled() == ["structure", "relation", "attribute"]
+    assert config.model.modalities.enabled() == ["structure", "attribute"]
 
 
 def test_override_applies_over_file(tmp_path: Path) -> None:
