@@ -41,8 +41,10 @@ PairWriter = Callable[..., Path]
 
 # End-to-end run: the default synthetic world at 600 entities and a small, fast model.
 E2E_SPEC = SyntheticSpec(num_entities=600, seed=1)
-FAST_OVERRIDES = ["model.hidden_dim=64", "training.epochs=60", "training.lr=0.01",
-                  "training.patience=100", "loss.negatives=256", "training.device=cpu"]
+# Every modality of the synthetic pair, the relation bag included (off by default).
+FAST_OVERRIDES = ["model.hidden_dim=64", "model.modalities.relation=true", "training.epochs=60",
+                  "training.lr=0.01", "training.patience=100", "loss.negatives=256",
+                  "training.device=cpu"]
 # Shortest runs, for determinism and CLI tests.
 TINY_OVERRIDES = ["model.hidden_dim=16", "training.epochs=2", "loss.negatives=64",
                   "training.device=cpu"]

@@ -145,7 +145,8 @@ def test_cosine_schedule_anneals_each_fit(synthetic_dir: Path, tiny_overrides: l
 
 
 def test_constant_schedule_keeps_the_lr(synthetic_dir: Path, tiny_overrides: list[str]) -> None:
-    config = _config(tiny_overrides, "training.epochs=3", "training.lr=0.01")
+    config = _config(tiny_overrides, "training.epochs=3", "training.lr=0.01",
+                     "training.lr_schedule=constant")
     records: list[dict[str, float]] = []
     _train(prepare(synthetic_dir, config), config, on_epoch=records.append)
     assert [r["lr"] for r in records] == [0.01] * 3
