@@ -33,6 +33,9 @@ RESULTS = ROOT / "bench" / "results" / "accuracy.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 DATASETS = {"dbp15k/zh_en": 0.3, "fbdb15k": 0.2}
+# Configuration of each dataset's runs when no --config is given (None: the defaults).
+DATASET_CONFIGS: dict[str, Path | None] = {"dbp15k/zh_en": None,
+                                           "fbdb15k": ROOT / "configs" / "fbdb15k.toml"}
 ABLATIONS: dict[str, list[str]] = {
     "GATConv structure layer (the spec's), lr 0.001": ["model.structure_conv=gat",
                                                      "training.lr=0.001"],
@@ -57,9 +60,9 @@ def run_one(dataset: str, variant: str, overrides: list[str], config_file: Path 
     With ``keep``, the checkpoint is written there (e.g. for the serving benchmark).
     """
     train_ratio = DATASETS[dataset]
-    config = load_config(config_file, [f"data.train_ratio={train_ratio}",
-                                       f"training.iterative={str(iterative).lower()}",
-                                       *overrides])
+    config = load_config(config_file or DATASET_CONFIGS[dataset],
+                         [f"data.train_ratio={train_ratio}",
+                          f"training.iterative={str(iterative).lower()}", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run_training(DATA / dataset, keep or Path(tmp) / "checkpoint", config,
                                progress=False)
@@ -152,7 +155,8 @@ def _sinkhorn(row: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["zh_en", "fbdb15k", "ablations"])
-    parser.add_argument("--config", type=Path, help="configuration file for every run")
+    parser.add_argument("--config", type=Path, help="configuration file for every run "
+                        "(default: each dataset's own, see DATASET_CONFIGS)")
     parser.add_argument("--ablation-epochs", type=int, default=6)
     parser.add_argument("--keep-checkpoints", type=Path, metavar="DIR",
                         help="write each full (non-ablation) checkpoint under DIR")
