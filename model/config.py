@@ -27,7 +27,7 @@ class ModalityConfig(_Strict):
     structure: bool = True
     # The relation-bag MLP is off by default: relation ids are private to each KG, so the bag
     # can only be aligned through the seeds, and its MLP memorises them (on DBP15K zh_en it
-    # costs 2.3 points of Hits@1 and doubles the mean rank). The structure encoder uses the
+    # costs 1.5 points of Hits@1 and doubles the mean rank). The structure encoder uses the
     # relation types either way (reflections, relation channel).
     relation: bool = False
     attribute: bool = True

@@ -36,7 +36,6 @@ class RelationGroups:
     target: torch.Tensor
     edge_type: torch.Tensor
     log_count: torch.Tensor
-    num_nodes: int
 
     @classmethod
     def from_edges(cls, edge_index: torch.Tensor, edge_type: torch.Tensor,
@@ -49,7 +48,7 @@ class RelationGroups:
             torch.stack([group, edge_index[0]]), 1.0 / counts[group].float(),
             size=(len(keys), num_nodes), check_invariants=False).coalesce()
         return cls(members=members, target=keys // num_types, edge_type=keys % num_types,
-                   log_count=counts.float().log(), num_nodes=num_nodes)
+                   log_count=counts.float().log())
 
     def restrict(self, wanted: torch.Tensor) -> RelationGroups:
         """Only the groups whose target is ``wanted`` (bool ``[N]``), in the same order."""
@@ -59,11 +58,10 @@ class RelationGroups:
         member_kept = keep[index[0]]
         members = torch.sparse_coo_tensor(
             torch.stack([renumber[index[0, member_kept]], index[1, member_kept]]),
-            values[member_kept], size=(int(keep.sum()), self.num_nodes),
+            values[member_kept], size=(int(keep.sum()), self.members.shape[1]),
             check_invariants=False).coalesce()
         return RelationGroups(members=members, target=self.target[keep],
-                              edge_type=self.edge_type[keep], log_count=self.log_count[keep],
-                              num_nodes=self.num_nodes)
+                              edge_type=self.edge_type[keep], log_count=self.log_count[keep])
 
 
 class RelationReflectionConv(nn.Module):
