@@ -129,10 +129,12 @@ def validation_hits1(embeddings: torch.Tensor, pairs: torch.Tensor, distractors:
 
 
 def mutual_nearest_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
-                         *, method: Similarity = "csls", k: int = 10) -> torch.Tensor:
+                         *, method: Similarity = "csls", k: int = 10, sinkhorn_reg: float = 0.001,
+                         sinkhorn_iterations: int = 20) -> torch.Tensor:
     """Pairs ``[Q, 2]`` (entity rows) that are each other's nearest neighbour."""
     with torch.no_grad():
-        sim = similarity_matrix(embeddings[sources], embeddings[targets], method, k)
+        sim = similarity_matrix(embeddings[sources], embeddings[targets], method, k,
+                                sinkhorn_reg=sinkhorn_reg, sinkhorn_iterations=sinkhorn_iterations)
         best_target = sim.argmax(dim=1)
         best_source = sim.argmax(dim=0)
         rows = torch.arange(len(sources), device=sim.device)

@@ -100,7 +100,15 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
 
         def mutual_pairs(joint: torch.Tensor) -> set[tuple[int, int]]:
             found = mutual_nearest_pairs(joint, sources, targets, k=config.eval.csls_k)
-            return {tuple(p) for p in found.tolist()}
+            pairs = {tuple(p) for p in found.tolist()}
+            if config.training.pseudo_labels == "agreement":
+                # A one-to-one decoding of all candidates at once must pick the pair too.
+                decoded = mutual_nearest_pairs(
+                    joint, sources, targets, method="sinkhorn", k=config.eval.csls_k,
+                    sinkhorn_reg=config.eval.sinkhorn_reg,
+                    sinkhorn_iterations=config.eval.sinkhorn_iterations)
+                pairs &= {tuple(p) for p in decoded.tolist()}
+            return pairs
 
         # Each round takes the pairs that are mutual nearest neighbours both in the state the
         # last fit ended on and in the best state so far: two snapshots of the model, so a

@@ -186,12 +186,14 @@ def test_mutual_nearest_pairs_hand_made() -> None:
     assert sorted(map(tuple, pairs.tolist())) == [(0, 4), (1, 3)]
 
 
-def test_mutual_nearest_pairs_returns_entity_rows() -> None:
+@pytest.mark.parametrize("method", ["csls", "sinkhorn"])
+def test_mutual_nearest_pairs_returns_entity_rows(method: str) -> None:
     gen = torch.Generator().manual_seed(3)
     base = torch.randn(5, 8, generator=gen)
     embeddings = torch.cat([torch.randn(3, 8, generator=gen), base, base[[2, 0, 4, 1, 3]]])
     sources, targets = torch.arange(3, 8), torch.arange(8, 13)
-    pairs = mutual_nearest_pairs(embeddings, sources, targets, k=2)
+    pairs = mutual_nearest_pairs(embeddings, sources, targets, method=method, k=2,
+                                 sinkhorn_reg=0.05)
     expected = {(3 + i, 8 + j) for j, i in enumerate([2, 0, 4, 1, 3])}
     assert set(map(tuple, pairs.tolist())) == expected
     assert pairs.shape == (5, 2)

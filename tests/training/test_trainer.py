@@ -106,6 +106,36 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     assert result.pseudo_pairs == 1
 
 
+def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # CSLS finds (0, 50) and (1, 51) in both states; the Sinkhorn decoding only (1, 51).
+    by_method = {"csls": [(0, 50), (1, 51)], "sinkhorn": [(1, 51), (2, 52)]}
+    methods: list[str] = []
+    trained_on: list[set[tuple[int, int]]] = []
+
+    def fake_mutual(*_: object, method: str = "csls", **__: object) -> torch.Tensor:
+        methods.append(method)
+        return torch.tensor(by_method[method])
+
+    original_fit = trainer_module._Run.fit
+
+    def recording_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
+        trained_on.append({tuple(p) for p in pairs.tolist()})
+        original_fit(self, pairs, epochs)
+
+    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    monkeypatch.setattr(trainer_module._Run, "fit", recording_fit)
+    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=1",
+                     "training.iteration_epochs=1", "training.pseudo_labels=agreement")
+    data = prepare(synthetic_dir, config)
+    rows = torch.arange(data.inputs.num_entities)
+    num_kg1 = data.data.num_kg1
+    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    assert methods == ["csls", "sinkhorn"] * 2  # the ended and the best state
+    assert trained_on[1] - trained_on[0] == {(1, 51)}
+    assert result.pseudo_pairs == 1
+
+
 def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
                                                   tiny_overrides: list[str]) -> None:
     config = _config(tiny_overrides)
