@@ -49,15 +49,30 @@ def test_without_validation_pairs_trains_every_epoch(synthetic_dir: Path,
 
 
 def _train_iterative(synthetic_dir: Path, tiny_overrides: list[str], iterations: int,
-                     iteration_epochs: int) -> tuple[PreparedData, TrainResult]:
+                     iteration_epochs: int,
+                     extra: list[str] | None = None) -> tuple[PreparedData, TrainResult]:
     """Iterative training with every entity of each KG eligible for pseudo-labels."""
     config = _config(tiny_overrides, "training.iterative=true",
                      f"training.iterations={iterations}",
-                     f"training.iteration_epochs={iteration_epochs}", "training.patience=10")
+                     f"training.iteration_epochs={iteration_epochs}", "training.patience=10",
+                     *(extra or []))
     data = prepare(synthetic_dir, config)
     num_kg1 = data.data.num_kg1
     rows = torch.arange(data.inputs.num_entities)
     return data, _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+
+
+def _record_fits(monkeypatch: pytest.MonkeyPatch) -> list[set[tuple[int, int]]]:
+    """Patch the trainer so that every fit records the pairs it trains on."""
+    trained_on: list[set[tuple[int, int]]] = []
+    original_fit = trainer_module._Run.fit
+
+    def recording_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
+        trained_on.append({tuple(p) for p in pairs.tolist()})
+        original_fit(self, pairs, epochs)
+
+    monkeypatch.setattr(trainer_module._Run, "fit", recording_fit)
+    return trained_on
 
 
 def test_iterative_training_runs_extra_rounds(synthetic_dir: Path,
@@ -86,19 +101,12 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     # as the round before, the ended state differs, so not every mutual pair gets through.
     found = iter([[(0, 50), (1, 51)], [(1, 51), (2, 52)],   # round 1: (1, 51) persists
                   [(2, 52), (3, 53)], [(3, 53)]])            # round 2: (3, 53) persists
-    trained_on: list[set[tuple[int, int]]] = []
 
     def fake_mutual(*_: object, **__: object) -> torch.Tensor:
         return torch.tensor(next(found))
 
-    original_fit = trainer_module._Run.fit
-
-    def recording_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
-        trained_on.append({tuple(p) for p in pairs.tolist()})
-        original_fit(self, pairs, epochs)
-
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
-    monkeypatch.setattr(trainer_module._Run, "fit", recording_fit)
+    trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
                                  iteration_epochs=1)
     seeds = trained_on[0]
@@ -111,26 +119,15 @@ def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
     # CSLS finds (0, 50) and (1, 51) in both states; the Sinkhorn decoding only (1, 51).
     by_method = {"csls": [(0, 50), (1, 51)], "sinkhorn": [(1, 51), (2, 52)]}
     methods: list[str] = []
-    trained_on: list[set[tuple[int, int]]] = []
 
     def fake_mutual(*_: object, method: str = "csls", **__: object) -> torch.Tensor:
         methods.append(method)
         return torch.tensor(by_method[method])
 
-    original_fit = trainer_module._Run.fit
-
-    def recording_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
-        trained_on.append({tuple(p) for p in pairs.tolist()})
-        original_fit(self, pairs, epochs)
-
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
-    monkeypatch.setattr(trainer_module._Run, "fit", recording_fit)
-    config = _config(tiny_overrides, "training.iterative=true", "training.iterations=1",
-                     "training.iteration_epochs=1", "training.pseudo_labels=agreement")
-    data = prepare(synthetic_dir, config)
-    rows = torch.arange(data.inputs.num_entities)
-    num_kg1 = data.data.num_kg1
-    result = _train(data, config, candidate_rows=(rows[:num_kg1], rows[num_kg1:]))
+    trained_on = _record_fits(monkeypatch)
+    _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
+                                 iteration_epochs=1, extra=["training.pseudo_labels=agreement"])
     assert methods == ["csls", "sinkhorn"] * 2  # the ended and the best state
     assert trained_on[1] - trained_on[0] == {(1, 51)}
     assert result.pseudo_pairs == 1
