@@ -54,12 +54,18 @@ def sinkhorn_matrix(source: torch.Tensor, target: torch.Tensor, k: int = 10, *,
     It sees the whole candidate set at once, like CSLS's statistics, so it is reported beside
     the per-entity rankings, not instead of them. ``[S, T]`` memory several times over.
     """
-    csls = csls_matrix(source, target, k)
-    a = csls.new_full((csls.shape[0],), 1.0 / csls.shape[0])
-    b = csls.new_full((csls.shape[1],), 1.0 / csls.shape[1])
-    _, log = ot.bregman.sinkhorn_log(a, b, -csls, reg, numItermax=iterations, stopThr=0.0,
+    return sinkhorn_log_plan(csls_matrix(source, target, k), reg=reg, iterations=iterations)
+
+
+def sinkhorn_log_plan(scores: torch.Tensor, *, reg: float = 0.001,
+                      iterations: int = 20) -> torch.Tensor:
+    """Log of the entropic OT plan with uniform marginals and ``scores`` ``[S, T]`` as gain
+    (see :func:`sinkhorn_matrix`), for callers that hold the scores already."""
+    a = scores.new_full((scores.shape[0],), 1.0 / scores.shape[0])
+    b = scores.new_full((scores.shape[1],), 1.0 / scores.shape[1])
+    _, log = ot.bregman.sinkhorn_log(a, b, -scores, reg, numItermax=iterations, stopThr=0.0,
                                      log=True, warn=False)
-    return log["log_u"][:, None] + log["log_v"][None, :] + csls / reg
+    return log["log_u"][:, None] + log["log_v"][None, :] + scores / reg
 
 
 def similarity_matrix(source: torch.Tensor, target: torch.Tensor, method: Similarity = "csls",
@@ -129,14 +135,29 @@ def validation_hits1(embeddings: torch.Tensor, pairs: torch.Tensor, distractors:
 
 
 def mutual_nearest_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
-                         *, method: Similarity = "csls", k: int = 10, sinkhorn_reg: float = 0.001,
+                         *, method: Similarity = "csls", k: int = 10,
+                         agree_with_sinkhorn: bool = False, sinkhorn_reg: float = 0.001,
                          sinkhorn_iterations: int = 20) -> torch.Tensor:
-    """Pairs ``[Q, 2]`` (entity rows) that are each other's nearest neighbour."""
+    """Pairs ``[Q, 2]`` (entity rows) that are each other's nearest neighbour.
+
+    With ``agree_with_sinkhorn``, only the pairs that are also mutual nearest neighbours of the
+    Sinkhorn plan over the same scores: a one-to-one decoding of every candidate at once must
+    pick them too.
+    """
     with torch.no_grad():
         sim = similarity_matrix(embeddings[sources], embeddings[targets], method, k,
                                 sinkhorn_reg=sinkhorn_reg, sinkhorn_iterations=sinkhorn_iterations)
-        best_target = sim.argmax(dim=1)
-        best_source = sim.argmax(dim=0)
-        rows = torch.arange(len(sources), device=sim.device)
-        mutual = best_source[best_target] == rows
+        mutual, best_target = _mutual_rows(sim)
+        if agree_with_sinkhorn:
+            plan = sinkhorn_log_plan(sim, reg=sinkhorn_reg, iterations=sinkhorn_iterations)
+            plan_mutual, plan_target = _mutual_rows(plan)
+            mutual &= plan_mutual & (plan_target == best_target)
         return torch.stack([sources[mutual], targets[best_target[mutual]]], dim=1)
+
+
+def _mutual_rows(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool ``[S]``: the row's best column prefers it back, ``[S]``: each row's best column)."""
+    best_target = sim.argmax(dim=1)
+    best_source = sim.argmax(dim=0)
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    return best_source[best_target] == rows, best_target

@@ -99,16 +99,12 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
         sources, targets = (rows.to(device) for rows in candidate_rows)
 
         def mutual_pairs(joint: torch.Tensor) -> set[tuple[int, int]]:
-            found = mutual_nearest_pairs(joint, sources, targets, k=config.eval.csls_k)
-            pairs = {tuple(p) for p in found.tolist()}
-            if config.training.pseudo_labels == "agreement":
-                # A one-to-one decoding of all candidates at once must pick the pair too.
-                decoded = mutual_nearest_pairs(
-                    joint, sources, targets, method="sinkhorn", k=config.eval.csls_k,
-                    sinkhorn_reg=config.eval.sinkhorn_reg,
-                    sinkhorn_iterations=config.eval.sinkhorn_iterations)
-                pairs &= {tuple(p) for p in decoded.tolist()}
-            return pairs
+            found = mutual_nearest_pairs(
+                joint, sources, targets, k=config.eval.csls_k,
+                agree_with_sinkhorn=config.training.pseudo_labels == "agreement",
+                sinkhorn_reg=config.eval.sinkhorn_reg,
+                sinkhorn_iterations=config.eval.sinkhorn_iterations)
+            return {tuple(p) for p in found.tolist()}
 
         # Each round takes the pairs that are mutual nearest neighbours both in the state the
         # last fit ended on and in the best state so far: two snapshots of the model, so a

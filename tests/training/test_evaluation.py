@@ -199,6 +199,22 @@ def test_mutual_nearest_pairs_returns_entity_rows(method: str) -> None:
     assert pairs.shape == (5, 2)
 
 
+def test_sinkhorn_agreement_is_the_intersection_of_both_mutual_sets() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 8, generator=gen)
+    embeddings = torch.cat([base, base + 0.9 * torch.randn(40, 8, generator=gen)])
+    sources, targets = torch.arange(40), torch.arange(40, 80)
+
+    def found(**options: object) -> set[tuple[int, ...]]:
+        pairs = mutual_nearest_pairs(embeddings, sources, targets, k=3, sinkhorn_reg=0.01,
+                                     **options)  # type: ignore[arg-type]
+        return set(map(tuple, pairs.tolist()))
+
+    csls, sinkhorn = found(), found(method="sinkhorn")
+    assert csls != sinkhorn  # the two decodings disagree somewhere on this noise level
+    assert found(agree_with_sinkhorn=True) == csls & sinkhorn
+
+
 def test_validation_distractors_make_ranking_harder() -> None:
     # Two pairs, each gold target close to its source; a distractor closer than one gold.
     emb = torch.tensor([[1.0, 0.0], [0.0, 1.0],      # sources

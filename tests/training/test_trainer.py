@@ -116,19 +116,19 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
 
 def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
         synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # CSLS finds (0, 50) and (1, 51) in both states; the Sinkhorn decoding only (1, 51).
-    by_method = {"csls": [(0, 50), (1, 51)], "sinkhorn": [(1, 51), (2, 52)]}
-    methods: list[str] = []
+    # CSLS alone finds (0, 50) and (1, 51) in both states; with the Sinkhorn agreement, (1, 51).
+    by_agreement = {False: [(0, 50), (1, 51)], True: [(1, 51)]}
+    asked: list[bool] = []
 
-    def fake_mutual(*_: object, method: str = "csls", **__: object) -> torch.Tensor:
-        methods.append(method)
-        return torch.tensor(by_method[method])
+    def fake_mutual(*_: object, agree_with_sinkhorn: bool = False, **__: object) -> torch.Tensor:
+        asked.append(agree_with_sinkhorn)
+        return torch.tensor(by_agreement[agree_with_sinkhorn])
 
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
                                  iteration_epochs=1, extra=["training.pseudo_labels=agreement"])
-    assert methods == ["csls", "sinkhorn"] * 2  # the ended and the best state
+    assert asked == [True, True]  # the ended and the best state
     assert trained_on[1] - trained_on[0] == {(1, 51)}
     assert result.pseudo_pairs == 1
 
