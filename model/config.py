@@ -67,6 +67,12 @@ class ModelConfig(_Strict):
     ot_epsilon: float = Field(0.05, gt=0.0, description="entropic regularisation of Sinkhorn")
     modal_contrastive: bool = Field(True, description="per-modality contrastive terms")
     modal_adaptive: bool = Field(True, description="weight modality terms by confidence")
+    propagation: bool = Field(True, description="append seed labels propagated over the graph "
+                              "to the joint embedding (model/propagation.py)")
+    propagation_dim: int = Field(128, ge=1, le=4096, description="size of a seed label")
+    propagation_hops: int = Field(2, ge=1, le=8, description="propagation steps")
+    propagation_weight: float = Field(0.5, gt=0.0, description="weight of the propagated labels "
+                                      "beside the normalised learned embedding")
 
 
 class LossConfig(_Strict):

@@ -75,8 +75,9 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                          torch.as_tensor(split.valid), device=device, progress=progress,
                          candidate_rows=unlabelled, on_epoch=on_epoch)
     output = infer(result.model, prepared.inputs.to(device))
+    joint = result.joint(output.joint)
     wall_s = time.perf_counter() - start
-    metrics = _metrics(result, output.joint, split, config, wall_s)
+    metrics = _metrics(result, joint, split, config, wall_s)
     write_checkpoint(
         Path(out_dir),
         config={"config": config.model_dump(mode="json"),
@@ -88,7 +89,7 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                                                  prepared.inputs.features.items()}}},
         weights=result.model.state_dict(),
         embeddings=EmbeddingTables(
-            joint=output.joint, fusion_weights=output.fusion.weights, mask=output.mask,
+            joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
             modalities=dict(zip(result.model.modalities, output.modal, strict=True))),
         entities=EntityTable(ids=data.ids.tolist(), kgs=data.kgs.astype(int).tolist(),
                              uris=list(data.uris)),

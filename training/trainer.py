@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from model.config import MIMEAConfig, TrainingConfig
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from model.objective import alignment_objective
+from model.propagation import propagate_seed_labels, with_propagation
 from training.evaluation import mutual_nearest_pairs, validation_hits1
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,18 @@ class TrainResult:
     pseudo_pairs: int = 0
     wall_s: float = 0.0
     base: BaseStage | None = None
+    propagated: torch.Tensor | None = None
+
+    def joint(self, learned: torch.Tensor) -> torch.Tensor:
+        """The joint embedding to rank with: the model's, with the propagated seed labels of
+        the last fit appended when ``model.propagation`` is on."""
+        return with_propagation(learned, self.propagated, self.model.config.propagation_weight)
 
 
 @dataclass(frozen=True)
 class BaseStage:
-    """The model selected before pseudo-labelling began (iterative runs only)."""
+    """The model selected before pseudo-labelling began (iterative runs only); ``joint`` is
+    the embedding it ranks with (propagated seed labels included)."""
 
     joint: torch.Tensor
     epochs: int
@@ -90,6 +98,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     distractors = (candidate_rows[1] if candidate_rows is not None
                    else torch.empty(0, dtype=torch.long)).to(device)
     run = _Run(config, model, inputs, valid_pairs.to(device), distractors, progress, on_epoch)
+    run.propagated = propagate(config, inputs, train_pairs)
     run.fit(train_pairs, config.training.epochs)
     pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
     base = None
@@ -111,9 +120,9 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
         # pair must persist to be trusted, even when the last round did not beat the best
         # (where the two are one state, every mutual pair counts).
         for round_no in range(config.training.iterations):
-            ended = mutual_pairs(infer(model, inputs).joint)
+            ended = mutual_pairs(run.joint())
             model.load_state_dict(run.best_state)
-            joint = infer(model, inputs).joint
+            joint = run.joint()
             if base is None:
                 base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
                                  wall_s=time.perf_counter() - start)
@@ -123,12 +132,26 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
                         len(best), len(stable))
+            # The pseudo-labels seed the propagation too, as they seed the next fit.
+            run.propagated = propagate(config, inputs, torch.cat([train_pairs, pseudo]))
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
-                       pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base)
+                       pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base,
+                       propagated=run.propagated)
+
+
+def propagate(config: MIMEAConfig, inputs: GraphInputs,
+              seeds: torch.Tensor) -> torch.Tensor | None:
+    """The seed labels of ``seeds`` propagated over the graph, or None when
+    ``model.propagation`` is off."""
+    if not config.model.propagation:
+        return None
+    return propagate_seed_labels(inputs.edge_index, inputs.edge_type, inputs.num_entities, seeds,
+                                 dim=config.model.propagation_dim,
+                                 hops=config.model.propagation_hops, seed=config.training.seed)
 
 
 def epoch_lr(config: TrainingConfig, epoch: int, epochs: int) -> float:
@@ -164,6 +187,12 @@ class _Run:
         self.best_state = copy.deepcopy(model.state_dict())
         self.history: list[dict[str, float]] = []
         self.generator = torch.Generator().manual_seed(config.training.seed)
+        self.propagated: torch.Tensor | None = None
+
+    def joint(self) -> torch.Tensor:
+        """The current model's joint embedding with the propagated seed labels appended."""
+        return with_propagation(infer(self.model, self.inputs).joint, self.propagated,
+                                self.config.model.propagation_weight)
 
     def fit(self, pairs: torch.Tensor, epochs: int) -> None:
         """Train for up to ``epochs`` more epochs; patience counts from this call."""
@@ -219,6 +248,5 @@ class _Run:
     def _validate(self) -> float:
         if len(self.valid_pairs) == 0:
             return 0.0
-        joint = infer(self.model, self.inputs).joint
-        return validation_hits1(joint, self.valid_pairs, self.distractors,
+        return validation_hits1(self.joint(), self.valid_pairs, self.distractors,
                                 k=self.config.eval.csls_k)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from model.checkpoint import EMBEDDINGS_FILE, METRICS_FILE, load_checkpoint
 from model.config import MIMEAConfig, load_config
+from model.propagation import with_propagation
 from training.pipeline import evaluate_checkpoint, prepare, run_training
-from training.trainer import build_model, infer
+from training.trainer import build_model, infer, propagate
 
 if TYPE_CHECKING:
     from conftest import TrainedRun
@@ -81,10 +82,32 @@ def test_evaluate_checkpoint_unknown_part(trained_run: TrainedRun) -> None:
         evaluate_checkpoint(trained_run.checkpoint, part="holdout")
 
 
-def test_weights_reproduce_stored_embeddings(trained_run: TrainedRun) -> None:
+def test_weights_and_seeds_reproduce_stored_embeddings(trained_run: TrainedRun) -> None:
+    """The stored joint embedding is the model's, normalised, beside the seed labels of the
+    split's training pairs propagated over the graph."""
     checkpoint = load_checkpoint(trained_run.checkpoint, with_weights=True)
     config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    assert config.model.propagation
     inputs = prepare(trained_run.data_dir, config).inputs
+    model = build_model(config, inputs)
+    model.load_state_dict(checkpoint.weights)
+    learned = infer(model, inputs).joint
+    row_of = {entity: row for row, entity in enumerate(checkpoint.entities.ids)}
+    seeds = torch.tensor([[row_of[a], row_of[b]] for a, b in checkpoint.split["train"]])
+    expected = with_propagation(learned, propagate(config, inputs, seeds),
+                                config.model.propagation_weight)
+    assert expected.shape[1] == learned.shape[1] + 2 * config.model.propagation_hops * \
+        config.model.propagation_dim
+    torch.testing.assert_close(expected, checkpoint.embeddings.joint, atol=1e-5, rtol=1e-4)
+
+
+def test_joint_is_the_model_output_without_propagation(synthetic_dir: Path,
+                                                       tmp_path: Path,
+                                                       tiny_overrides: list[str]) -> None:
+    _short_run(synthetic_dir, tmp_path / "off", [*tiny_overrides, "model.propagation=false"])
+    checkpoint = load_checkpoint(tmp_path / "off", with_weights=True)
+    config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    inputs = prepare(synthetic_dir, config).inputs
     model = build_model(config, inputs)
     model.load_state_dict(checkpoint.weights)
     joint = infer(model, inputs).joint

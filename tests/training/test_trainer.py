@@ -133,6 +133,39 @@ def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
     assert result.pseudo_pairs == 1
 
 
+def test_every_fit_validates_with_labels_propagated_from_its_pairs(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pseudo-labels seed the propagation as they seed the fit, and validation ranks with the
+    # joint embedding the checkpoint will hold (model output and propagated labels).
+    checked: list[int] = []
+    original_fit = trainer_module._Run.fit
+
+    def checking_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
+        expected = trainer_module.propagate(self.config, self.inputs, pairs)
+        assert self.propagated is not None and torch.equal(self.propagated, expected)
+        checked.append(len(pairs))
+        original_fit(self, pairs, epochs)
+
+    validated_dims: list[int] = []
+    original_validation = trainer_module.validation_hits1
+
+    def recording_validation(joint: torch.Tensor, *args: object, **kwargs: object) -> float:
+        validated_dims.append(joint.shape[1])
+        return original_validation(joint, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module._Run, "fit", checking_fit)
+    monkeypatch.setattr(trainer_module, "validation_hits1", recording_validation)
+    data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
+                                    iteration_epochs=2)
+    assert len(checked) == 3 and checked[1] > checked[0]
+    config = result.model.config
+    learned = trainer_module.infer(result.model, data.inputs).joint
+    assert result.joint(learned).shape[1] == learned.shape[1] + \
+        2 * config.propagation_hops * config.propagation_dim
+    assert set(validated_dims) == {result.joint(learned).shape[1]}
+    assert result.base is not None and result.base.joint.shape[1] == validated_dims[0]
+
+
 def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
                                                   tiny_overrides: list[str]) -> None:
     config = _config(tiny_overrides)
