@@ -48,6 +48,7 @@ ABLATIONS: dict[str, list[str]] = {
     "+ relation-bag MLP": ["model.modalities.relation=true"],
     "w/o relation types (structure blind to them, no bag)": ["model.relation_aware=false"],
     "w/o attributes": ["model.modalities.attribute=false"],
+    "w/o seed-label propagation": ["model.propagation=false"],
 }
 
 
