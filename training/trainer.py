@@ -248,5 +248,9 @@ class _Run:
     def _validate(self) -> float:
         if len(self.valid_pairs) == 0:
             return 0.0
-        return validation_hits1(self.joint(), self.valid_pairs, self.distractors,
+        # The learned embedding alone: the propagated labels lift every epoch's score alike,
+        # so with them an early epoch's plateau can outlast the patience (on FB15K-DB15K
+        # training stopped at epoch 8 of 60 that way).
+        return validation_hits1(infer(self.model, self.inputs).joint, self.valid_pairs,
+                                self.distractors,
                                 k=self.config.eval.csls_k)
