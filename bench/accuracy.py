@@ -164,6 +164,9 @@ def main() -> int:
     parser.add_argument("--shard", metavar="I/N", help="run every N-th planned run from the I-th")
     parser.add_argument("--skip-done", action="store_true",
                         help="skip runs already in the results file")
+    parser.add_argument("--reverse", action="store_true",
+                        help="run the plan from its end, so that a second process with "
+                        "--skip-done can work through it from the other side")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     missing = [d for d in DATASETS if not (DATA / d).is_dir()]
@@ -176,6 +179,8 @@ def main() -> int:
     if args.shard:
         index, count = (int(x) for x in args.shard.split("/"))
         runs = runs[index - 1::count]
+    if args.reverse:
+        runs.reverse()
     for dataset, variant, overrides, iterative in runs:
         done = any(r["dataset"] == dataset and r["variant"] == variant
                    and r["iterative"] == iterative for r in load_results()["runs"])
