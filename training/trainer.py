@@ -98,7 +98,6 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     distractors = (candidate_rows[1] if candidate_rows is not None
                    else torch.empty(0, dtype=torch.long)).to(device)
     run = _Run(config, model, inputs, valid_pairs.to(device), distractors, progress, on_epoch)
-    run.propagated = propagate(config, inputs, train_pairs)
     run.fit(train_pairs, config.training.epochs)
     pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
     base = None
@@ -132,8 +131,6 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
                         len(best), len(stable))
-            # The pseudo-labels seed the propagation too, as they seed the next fit.
-            run.propagated = propagate(config, inputs, torch.cat([train_pairs, pseudo]))
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
@@ -195,7 +192,12 @@ class _Run:
                                 self.config.model.propagation_weight)
 
     def fit(self, pairs: torch.Tensor, epochs: int) -> None:
-        """Train for up to ``epochs`` more epochs; patience counts from this call."""
+        """Train for up to ``epochs`` more epochs; patience counts from this call.
+
+        The pairs also seed the propagated labels the joint embedding carries from now on, so
+        pseudo-labels seed them as they seed the fit.
+        """
+        self.propagated = propagate(self.config, self.inputs, pairs)
         cfg = self.config.training
         stale = 0
         bar = tqdm(range(epochs), desc="train", disable=not self.progress, leave=False)

@@ -141,10 +141,10 @@ def test_every_fit_propagates_the_pairs_it_trains_on(
     original_fit = trainer_module._Run.fit
 
     def checking_fit(self: trainer_module._Run, pairs: torch.Tensor, epochs: int) -> None:
+        original_fit(self, pairs, epochs)
         expected = trainer_module.propagate(self.config, self.inputs, pairs)
         assert self.propagated is not None and torch.equal(self.propagated, expected)
         checked.append(len(pairs))
-        original_fit(self, pairs, epochs)
 
     validated_dims: list[int] = []
     original_validation = trainer_module.validation_hits1
