@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
-from model.config import EvalConfig, MIMEAConfig
+from model.config import EvalConfig, MIMEAConfig, ModelConfig
 from model.device import resolve_device
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
@@ -109,10 +109,24 @@ def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
     pairs = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split[part]], dtype=np.int64)
     if len(pairs) == 0:
         raise ValueError(f"checkpoint {checkpoint_dir} has no {part} pairs")
-    config = EvalConfig.model_validate(checkpoint.config["config"]["eval"])
+    config = MIMEAConfig.model_validate(checkpoint.config["config"])
     if csls_k:
-        config.csls_k = csls_k
-    return evaluate_embeddings(checkpoint.embeddings.joint, pairs, config)
+        config.eval.csls_k = csls_k
+    joint = checkpoint.embeddings.joint
+    if part != "test":
+        joint = learned_columns(joint, config.model)
+    return evaluate_embeddings(joint, pairs, config.eval)
+
+
+def learned_columns(joint: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The network's part of a stored joint embedding, without the propagated seed labels.
+
+    Training and validation pairs seed the labels, which therefore align them by construction;
+    their metrics rank with the learned part alone, as model selection does.
+    """
+    if not config.propagation:
+        return joint
+    return joint[:, :joint.shape[1] - 2 * config.propagation_hops * config.propagation_dim]
 
 
 def _unlabelled_rows(data: KGPairData,
@@ -137,7 +151,8 @@ def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
         "history": result.history,
     }
     if len(split.valid):
-        metrics["valid"] = evaluate_embeddings(joint, split.valid, config.eval)
+        metrics["valid"] = evaluate_embeddings(learned_columns(joint, config.model), split.valid,
+                                               config.eval)
     if result.base is not None:
         metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, config.eval),
                            "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,

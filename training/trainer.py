@@ -38,8 +38,8 @@ class TrainResult:
     propagated: torch.Tensor | None = None
 
     def joint(self, learned: torch.Tensor) -> torch.Tensor:
-        """The joint embedding to rank with: the model's, with the propagated seed labels of
-        the last fit appended when ``model.propagation`` is on."""
+        """The joint embedding to rank with: the model's, with the labels of every seed pair
+        (training, validation and pseudo-labels) appended when ``model.propagation`` is on."""
         return with_propagation(learned, self.propagated, self.model.config.propagation_weight)
 
 
@@ -123,8 +123,12 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
             model.load_state_dict(run.best_state)
             joint = run.joint()
             if base is None:
-                base = BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
-                                 wall_s=time.perf_counter() - start)
+                base_joint = with_propagation(
+                    infer(model, inputs).joint,
+                    propagate(config, inputs, torch.cat([train_pairs, run.valid_pairs])),
+                    config.model.propagation_weight)
+                base = BaseStage(joint=base_joint.cpu(), epochs=run.epoch,
+                                 best_epoch=run.best_epoch, wall_s=time.perf_counter() - start)
             best = mutual_pairs(joint)
             stable = sorted(ended & best)
             if stable:
@@ -134,10 +138,13 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
+    # Selection is over, so the validation pairs are seeds like the others from here on: the
+    # labels the final embedding carries propagate from them too.
+    final_seeds = torch.cat([train_pairs, pseudo, run.valid_pairs])
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
                        pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base,
-                       propagated=run.propagated)
+                       propagated=propagate(config, inputs, final_seeds))
 
 
 def propagate(config: MIMEAConfig, inputs: GraphInputs,

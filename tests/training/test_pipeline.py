@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,7 +14,13 @@ from safetensors.torch import load_file
 from model.checkpoint import EMBEDDINGS_FILE, METRICS_FILE, load_checkpoint
 from model.config import MIMEAConfig, load_config
 from model.propagation import with_propagation
-from training.pipeline import evaluate_checkpoint, prepare, run_training
+from training.pipeline import (
+    evaluate_checkpoint,
+    evaluate_embeddings,
+    learned_columns,
+    prepare,
+    run_training,
+)
 from training.trainer import build_model, infer, propagate
 
 if TYPE_CHECKING:
@@ -84,7 +91,7 @@ def test_evaluate_checkpoint_unknown_part(trained_run: TrainedRun) -> None:
 
 def test_weights_and_seeds_reproduce_stored_embeddings(trained_run: TrainedRun) -> None:
     """The stored joint embedding is the model's, normalised, beside the seed labels of the
-    split's training pairs propagated over the graph."""
+    split's training and validation pairs propagated over the graph."""
     checkpoint = load_checkpoint(trained_run.checkpoint, with_weights=True)
     config = MIMEAConfig.model_validate(checkpoint.config["config"])
     assert config.model.propagation
@@ -93,7 +100,8 @@ def test_weights_and_seeds_reproduce_stored_embeddings(trained_run: TrainedRun) 
     model.load_state_dict(checkpoint.weights)
     learned = infer(model, inputs).joint
     row_of = {entity: row for row, entity in enumerate(checkpoint.entities.ids)}
-    seeds = torch.tensor([[row_of[a], row_of[b]] for a, b in checkpoint.split["train"]])
+    seeds = torch.tensor([[row_of[a], row_of[b]] for part in ("train", "valid")
+                          for a, b in checkpoint.split[part]])
     expected = with_propagation(learned, propagate(config, inputs, seeds),
                                 config.model.propagation_weight)
     assert expected.shape[1] == learned.shape[1] + 2 * config.model.propagation_hops * \
@@ -137,3 +145,20 @@ def test_different_seed_gives_different_run(synthetic_dir: Path, tmp_path: Path,
     first = _short_run(synthetic_dir, tmp_path / "a", tiny_overrides)
     second = _short_run(synthetic_dir, tmp_path / "b", [*tiny_overrides, "training.seed=3"])
     assert first["history"] != second["history"]
+
+
+def test_seed_pairs_rank_with_the_learned_columns(trained_run: TrainedRun) -> None:
+    """Training and validation pairs seed the stored labels, so their metrics rank with the
+    network's normalised output, the leading columns of the joint embedding."""
+    checkpoint = load_checkpoint(trained_run.checkpoint)
+    config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    joint = checkpoint.embeddings.joint
+    learned = learned_columns(joint, config.model)
+    assert learned.shape[1] == joint.shape[1] - 2 * config.model.propagation_hops * \
+        config.model.propagation_dim
+    norms = learned.norm(dim=1)  # zero for an entity with no modality at all
+    assert bool(((norms - 1).abs() < 1e-5).logical_or(norms == 0).all())
+    row_of = {entity: row for row, entity in enumerate(checkpoint.entities.ids)}
+    valid = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split["valid"]])
+    assert evaluate_checkpoint(trained_run.checkpoint, part="valid") == \
+        evaluate_embeddings(learned, valid, config.eval)
