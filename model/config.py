@@ -110,9 +110,9 @@ class TrainingConfig(_Strict):
     iterative: bool = False
     iterations: int = Field(4, ge=1)
     iteration_epochs: int = Field(5, ge=1)
-    pseudo_labels: Literal["csls", "agreement"] = Field(
-        "csls", description="csls: mutual nearest neighbours by CSLS; agreement: only those "
-        "that are mutual nearest neighbours of the Sinkhorn ranking too")
+    pseudo_labels: Literal["csls", "sinkhorn", "agreement"] = Field(
+        "sinkhorn", description="csls: mutual nearest neighbours by CSLS; sinkhorn: mutual picks "
+        "of the Sinkhorn plan over the CSLS scores; agreement: pairs that are both")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -133,6 +133,27 @@ def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
     assert result.pseudo_pairs == 1
 
 
+@pytest.mark.parametrize(("pseudo_labels", "method"), [("csls", "csls"),
+                                                       ("sinkhorn", "sinkhorn"),
+                                                       ("agreement", "csls")])
+def test_pseudo_labels_option_picks_the_decoding(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch,
+        pseudo_labels: str, method: str) -> None:
+    by_method = {"csls": [(0, 50), (1, 51)], "sinkhorn": [(2, 52)]}
+    asked: list[str] = []
+
+    def fake_mutual(*_: object, method: str = "csls", **__: object) -> torch.Tensor:
+        asked.append(method)
+        return torch.tensor(by_method[method])
+
+    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    trained_on = _record_fits(monkeypatch)
+    _train_iterative(synthetic_dir, tiny_overrides, iterations=1, iteration_epochs=1,
+                     extra=[f"training.pseudo_labels={pseudo_labels}"])
+    assert asked == [method, method]  # the ended and the best state
+    assert trained_on[1] - trained_on[0] == set(by_method[method])
+
+
 def test_every_fit_propagates_the_pairs_it_trains_on(
         synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # Pseudo-labels seed the propagation as they seed the fit. Validation ranks with the
