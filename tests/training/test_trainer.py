@@ -114,44 +114,32 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     assert result.pseudo_pairs == 1
 
 
-def test_agreement_keeps_only_pairs_the_sinkhorn_ranking_also_finds(
-        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # CSLS alone finds (0, 50) and (1, 51) in both states; with the Sinkhorn agreement, (1, 51).
-    by_agreement = {False: [(0, 50), (1, 51)], True: [(1, 51)]}
-    asked: list[bool] = []
+@pytest.mark.parametrize(("pseudo_labels", "decoding"), [("csls", ("csls", False)),
+                                                         ("sinkhorn", ("sinkhorn", False)),
+                                                         ("agreement", ("csls", True))])
+def test_pseudo_labels_option_picks_the_decoding(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch,
+        pseudo_labels: str, decoding: tuple[str, bool]) -> None:
+    # Each option asks every state for its own decoding and trains on exactly what comes back:
+    # CSLS alone finds (0, 50) and (1, 51); with the Sinkhorn agreement, (1, 51); the
+    # Sinkhorn plan alone, (2, 52).
+    found = {("csls", False): [(0, 50), (1, 51)], ("csls", True): [(1, 51)],
+             ("sinkhorn", False): [(2, 52)]}
+    asked: list[tuple[str, bool]] = []
 
-    def fake_mutual(*_: object, agree_with_sinkhorn: bool = False, **__: object) -> torch.Tensor:
-        asked.append(agree_with_sinkhorn)
-        return torch.tensor(by_agreement[agree_with_sinkhorn])
+    def fake_mutual(*_: object, method: str = "csls", agree_with_sinkhorn: bool = False,
+                    **__: object) -> torch.Tensor:
+        asked.append((method, agree_with_sinkhorn))
+        return torch.tensor(found[method, agree_with_sinkhorn])
 
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
-                                 iteration_epochs=1, extra=["training.pseudo_labels=agreement"])
-    assert asked == [True, True]  # the ended and the best state
-    assert trained_on[1] - trained_on[0] == {(1, 51)}
-    assert result.pseudo_pairs == 1
-
-
-@pytest.mark.parametrize(("pseudo_labels", "method"), [("csls", "csls"),
-                                                       ("sinkhorn", "sinkhorn"),
-                                                       ("agreement", "csls")])
-def test_pseudo_labels_option_picks_the_decoding(
-        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch,
-        pseudo_labels: str, method: str) -> None:
-    by_method = {"csls": [(0, 50), (1, 51)], "sinkhorn": [(2, 52)]}
-    asked: list[str] = []
-
-    def fake_mutual(*_: object, method: str = "csls", **__: object) -> torch.Tensor:
-        asked.append(method)
-        return torch.tensor(by_method[method])
-
-    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
-    trained_on = _record_fits(monkeypatch)
-    _train_iterative(synthetic_dir, tiny_overrides, iterations=1, iteration_epochs=1,
-                     extra=[f"training.pseudo_labels={pseudo_labels}"])
-    assert asked == [method, method]  # the ended and the best state
-    assert trained_on[1] - trained_on[0] == set(by_method[method])
+                                 iteration_epochs=1,
+                                 extra=[f"training.pseudo_labels={pseudo_labels}"])
+    assert asked == [decoding, decoding]  # the ended and the best state
+    assert trained_on[1] - trained_on[0] == set(found[decoding])
+    assert result.pseudo_pairs == len(found[decoding])
 
 
 def test_every_fit_propagates_the_pairs_it_trains_on(
