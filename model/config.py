@@ -108,11 +108,15 @@ class TrainingConfig(_Strict):
     valid_every: int = Field(2, ge=1)
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")
     iterative: bool = False
-    iterations: int = Field(4, ge=1)
+    iterations: int = Field(4, ge=0, description="pseudo-label rounds that train the network")
     iteration_epochs: int = Field(5, ge=1)
     pseudo_labels: Literal["csls", "sinkhorn", "agreement"] = Field(
         "sinkhorn", description="csls: mutual nearest neighbours by CSLS; sinkhorn: mutual picks "
         "of the Sinkhorn plan over the CSLS scores; agreement: pairs that are both")
+    label_rounds: int = Field(
+        0, ge=0, description="pseudo-label rounds after the last fit that only re-seed the "
+        "propagated labels: the final model's joint embedding is decoded again and the pairs "
+        "it finds replace the pseudo-labels; no training, no effect without model.propagation")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -101,6 +101,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     run.fit(train_pairs, config.training.epochs)
     pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
     base = None
+    labelled = torch.cat([train_pairs, run.valid_pairs])
     if config.training.iterative:
         if candidate_rows is None:
             raise ValueError("iterative training needs candidate_rows")
@@ -122,30 +123,47 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
         for round_no in range(config.training.iterations):
             ended = mutual_pairs(run.joint())
             model.load_state_dict(run.best_state)
-            joint = run.joint()
             if base is None:
-                base_joint = with_propagation(
-                    infer(model, inputs).joint,
-                    propagate(config, inputs, torch.cat([train_pairs, run.valid_pairs])),
-                    config.model.propagation_weight)
-                base = BaseStage(joint=base_joint.cpu(), epochs=run.epoch,
-                                 best_epoch=run.best_epoch, wall_s=time.perf_counter() - start)
-            best = mutual_pairs(joint)
+                base = _base_stage(config, model, inputs, labelled, run, start)
+            best = mutual_pairs(run.joint())
             stable = sorted(ended & best)
             if stable:
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
                         len(best), len(stable))
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
+        if base is None:  # no network round
+            model.load_state_dict(run.best_state)
+            base = _base_stage(config, model, inputs, labelled, run, start)
     model.load_state_dict(run.best_state)
     model.eval()
     # Selection is over, so the validation pairs are seeds like the others from here on: the
     # labels the final embedding carries propagate from them too.
-    final_seeds = torch.cat([train_pairs, pseudo, run.valid_pairs])
+    propagated = propagate(config, inputs, torch.cat([labelled, pseudo]))
+    if config.training.iterative and propagated is not None:
+        # Label rounds: the labels change what the final model's joint embedding pairs up,
+        # and the new pairs change the labels; a round costs one decoding and no training.
+        learned = infer(model, inputs).joint
+        for round_no in range(config.training.label_rounds):
+            found = mutual_pairs(with_propagation(learned, propagated,
+                                                  config.model.propagation_weight))
+            pseudo = torch.tensor(sorted(found), dtype=torch.long,
+                                  device=device).reshape(-1, 2)
+            propagated = propagate(config, inputs, torch.cat([labelled, pseudo]))
+            logger.info("label round %d: %d mutual pairs", round_no + 1, len(pseudo))
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
                        pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base,
-                       propagated=propagate(config, inputs, final_seeds))
+                       propagated=propagated)
+
+
+def _base_stage(config: MIMEAConfig, model: MIMEA, inputs: GraphInputs, labelled: torch.Tensor,
+                run: _Run, start: float) -> BaseStage:
+    """The selected model before any pseudo-label, ranked as a non-iterative run ranks it."""
+    joint = with_propagation(infer(model, inputs).joint, propagate(config, inputs, labelled),
+                             config.model.propagation_weight)
+    return BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
+                     wall_s=time.perf_counter() - start)
 
 
 def propagate(config: MIMEAConfig, inputs: GraphInputs,

@@ -108,7 +108,7 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
-                                 iteration_epochs=1)
+                                 iteration_epochs=1, extra=["training.label_rounds=0"])
     seeds = trained_on[0]
     assert [pairs - seeds for pairs in trained_on[1:]] == [{(1, 51)}, {(3, 53)}]
     assert result.pseudo_pairs == 1
@@ -136,10 +136,50 @@ def test_pseudo_labels_option_picks_the_decoding(
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
                                  iteration_epochs=1,
-                                 extra=[f"training.pseudo_labels={pseudo_labels}"])
+                                 extra=[f"training.pseudo_labels={pseudo_labels}",
+                                        "training.label_rounds=0"])
     assert asked == [decoding, decoding]  # the ended and the best state
     assert trained_on[1] - trained_on[0] == set(found[decoding])
     assert result.pseudo_pairs == len(found[decoding])
+
+
+def test_label_rounds_reseed_the_labels_without_training(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the last fit, each label round decodes the final model's joint embedding (labels
+    # included) and its pairs replace the pseudo-labels the labels propagate from.
+    found = iter([[(0, 50), (1, 51)], [(1, 51), (2, 52)],   # the network round: (1, 51)
+                  [(3, 53), (4, 54)], [(4, 54)]])            # label rounds 1 and 2
+    decoded_dims: list[int] = []
+
+    def fake_mutual(joint: torch.Tensor, *_: object, **__: object) -> torch.Tensor:
+        decoded_dims.append(joint.shape[1])
+        return torch.tensor(next(found))
+
+    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    trained_on = _record_fits(monkeypatch)
+    data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
+                                    iteration_epochs=1, extra=["training.label_rounds=2"])
+    assert len(trained_on) == 2  # the base run and the network round; label rounds do not fit
+    assert trained_on[1] - trained_on[0] == {(1, 51)}
+    assert result.pseudo_pairs == 1
+    labelled = torch.cat([torch.as_tensor(data.split.train), torch.as_tensor(data.split.valid)])
+    expected = trainer_module.propagate(_config(tiny_overrides), data.inputs,
+                                        torch.cat([labelled, torch.tensor([[4, 54]])]))
+    assert result.propagated is not None and torch.equal(result.propagated, expected)
+    assert len(set(decoded_dims)) == 1  # every decoding ranks with the labels appended
+
+
+def test_label_rounds_alone_make_a_fast_iterative_run(synthetic_dir: Path,
+                                                      tiny_overrides: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # With no network round the base run is the only fit; the label rounds still find
+    # pseudo-labels, and the base stage is still reported.
+    trained_on = _record_fits(monkeypatch)
+    data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=0,
+                                    iteration_epochs=1, extra=["training.label_rounds=1"])
+    assert len(trained_on) == 1
+    assert result.pseudo_pairs > 0
+    assert result.base is not None and result.base.joint.shape[0] == data.inputs.num_entities
 
 
 def test_every_fit_propagates_the_pairs_it_trains_on(
