@@ -132,14 +132,13 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
             logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
                         len(best), len(stable))
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
-        if base is None:  # no network round
-            model.load_state_dict(run.best_state)
-            base = _base_stage(config, model, inputs, labelled, run, start)
     model.load_state_dict(run.best_state)
     model.eval()
+    if config.training.iterative and base is None:  # no network round
+        base = _base_stage(config, model, inputs, labelled, run, start)
     # Selection is over, so the validation pairs are seeds like the others from here on: the
     # labels the final embedding carries propagate from them too.
-    propagated = propagate(config, inputs, torch.cat([labelled, pseudo]))
+    propagated = propagate(config, inputs, torch.cat([train_pairs, pseudo, run.valid_pairs]))
     if config.training.iterative and propagated is not None:
         # Label rounds: the labels change what the final model's joint embedding pairs up,
         # and the new pairs change the labels; a round costs one decoding and no training.
@@ -149,7 +148,8 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                                                   config.model.propagation_weight))
             pseudo = torch.tensor(sorted(found), dtype=torch.long,
                                   device=device).reshape(-1, 2)
-            propagated = propagate(config, inputs, torch.cat([labelled, pseudo]))
+            propagated = propagate(config, inputs,
+                                   torch.cat([train_pairs, pseudo, run.valid_pairs]))
             logger.info("label round %d: %d mutual pairs", round_no + 1, len(pseudo))
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,

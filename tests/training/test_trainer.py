@@ -162,9 +162,9 @@ def test_label_rounds_reseed_the_labels_without_training(
     assert len(trained_on) == 2  # the base run and the network round; label rounds do not fit
     assert trained_on[1] - trained_on[0] == {(1, 51)}
     assert result.pseudo_pairs == 1
-    labelled = torch.cat([torch.as_tensor(data.split.train), torch.as_tensor(data.split.valid)])
-    expected = trainer_module.propagate(_config(tiny_overrides), data.inputs,
-                                        torch.cat([labelled, torch.tensor([[4, 54]])]))
+    seeds = torch.cat([torch.as_tensor(data.split.train), torch.tensor([[4, 54]]),
+                       torch.as_tensor(data.split.valid)])
+    expected = trainer_module.propagate(_config(tiny_overrides), data.inputs, seeds)
     assert result.propagated is not None and torch.equal(result.propagated, expected)
     assert len(set(decoded_dims)) == 1  # every decoding ranks with the labels appended
 
