@@ -114,9 +114,10 @@ class TrainingConfig(_Strict):
         "sinkhorn", description="csls: mutual nearest neighbours by CSLS; sinkhorn: mutual picks "
         "of the Sinkhorn plan over the CSLS scores; agreement: pairs that are both")
     label_rounds: int = Field(
-        0, ge=0, description="pseudo-label rounds after the last fit that only re-seed the "
-        "propagated labels: the final model's joint embedding is decoded again and the pairs "
-        "it finds replace the pseudo-labels; no training, no effect without model.propagation")
+        0, ge=0, description="pseudo-label rounds after the base run that only re-seed the "
+        "propagated labels: the base model's joint embedding is decoded again and the pairs "
+        "it finds re-seed the labels the first network round decodes with (the final labels "
+        "when iterations = 0); no training, no effect without model.propagation")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -116,15 +116,36 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 sinkhorn_iterations=config.eval.sinkhorn_iterations)
             return {tuple(p) for p in found.tolist()}
 
+        def label_rounds(learned: torch.Tensor,
+                         seeds: Callable[[torch.Tensor], torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """Pseudo-label rounds with no training: the labels change what the joint embedding
+            pairs up, and the new pairs (``seeds`` adds the labelled ones) change the labels."""
+            found = torch.empty((0, 2), dtype=torch.long, device=device)
+            labels = propagate(config, inputs, seeds(found))
+            for round_no in range(config.training.label_rounds if labels is not None else 0):
+                found = torch.tensor(sorted(mutual_pairs(with_propagation(
+                    learned, labels, config.model.propagation_weight))), dtype=torch.long,
+                    device=device).reshape(-1, 2)
+                labels = propagate(config, inputs, seeds(found))
+                logger.info("label round %d: %d mutual pairs", round_no + 1, len(found))
+            return found, labels
+
         # Each round takes the pairs that are mutual nearest neighbours both in the state the
         # last fit ended on and in the best state so far: two snapshots of the model, so a
         # pair must persist to be trusted, even when the last round did not beat the best
-        # (where the two are one state, every mutual pair counts).
+        # (where the two are one state, every mutual pair counts). Label rounds refine the
+        # labels the first round decodes with.
         for round_no in range(config.training.iterations):
-            ended = mutual_pairs(run.joint())
+            ended_learned = infer(model, inputs).joint
             model.load_state_dict(run.best_state)
             if base is None:
                 base = _base_stage(config, model, inputs, labelled, run, start)
+                if config.training.label_rounds:
+                    _, run.propagated = label_rounds(infer(model, inputs).joint,
+                                                     lambda found: torch.cat([train_pairs, found]))
+            ended = mutual_pairs(with_propagation(ended_learned, run.propagated,
+                                                  config.model.propagation_weight))
             best = mutual_pairs(run.joint())
             stable = sorted(ended & best)
             if stable:
@@ -134,23 +155,16 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
             run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
     model.load_state_dict(run.best_state)
     model.eval()
-    if config.training.iterative and base is None:  # no network round
-        base = _base_stage(config, model, inputs, labelled, run, start)
     # Selection is over, so the validation pairs are seeds like the others from here on: the
     # labels the final embedding carries propagate from them too.
-    propagated = propagate(config, inputs, torch.cat([train_pairs, pseudo, run.valid_pairs]))
-    if config.training.iterative and propagated is not None:
-        # Label rounds: the labels change what the final model's joint embedding pairs up,
-        # and the new pairs change the labels; a round costs one decoding and no training.
-        learned = infer(model, inputs).joint
-        for round_no in range(config.training.label_rounds):
-            found = mutual_pairs(with_propagation(learned, propagated,
-                                                  config.model.propagation_weight))
-            pseudo = torch.tensor(sorted(found), dtype=torch.long,
-                                  device=device).reshape(-1, 2)
-            propagated = propagate(config, inputs,
-                                   torch.cat([train_pairs, pseudo, run.valid_pairs]))
-            logger.info("label round %d: %d mutual pairs", round_no + 1, len(pseudo))
+    if config.training.iterative and base is None:  # no network round: label rounds end it
+        base = _base_stage(config, model, inputs, labelled, run, start)
+        pseudo, propagated = label_rounds(
+            infer(model, inputs).joint,
+            lambda found: torch.cat([train_pairs, found, run.valid_pairs]))
+    else:
+        propagated = propagate(config, inputs,
+                               torch.cat([train_pairs, pseudo, run.valid_pairs]))
     return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
                        pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base,

@@ -143,16 +143,17 @@ def test_pseudo_labels_option_picks_the_decoding(
     assert result.pseudo_pairs == len(found[decoding])
 
 
-def test_label_rounds_reseed_the_labels_without_training(
+def test_label_rounds_reseed_the_labels_before_the_first_network_round(
         synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # After the last fit, each label round decodes the final model's joint embedding (labels
-    # included) and its pairs replace the pseudo-labels the labels propagate from.
-    found = iter([[(0, 50), (1, 51)], [(1, 51), (2, 52)],   # the network round: (1, 51)
-                  [(3, 53), (4, 54)], [(4, 54)]])            # label rounds 1 and 2
-    decoded_dims: list[int] = []
+    # Each label round decodes the base model's joint embedding (labels included) and its
+    # pairs re-seed the labels, with no training; the first network round decodes with the
+    # labels of the last label round.
+    found = iter([[(3, 53), (4, 54)], [(4, 54)],              # label rounds 1 and 2
+                  [(0, 50), (1, 51)], [(1, 51), (2, 52)]])    # the network round: (1, 51)
+    decoded: list[torch.Tensor] = []
 
     def fake_mutual(joint: torch.Tensor, *_: object, **__: object) -> torch.Tensor:
-        decoded_dims.append(joint.shape[1])
+        decoded.append(joint)
         return torch.tensor(next(found))
 
     monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
@@ -162,11 +163,19 @@ def test_label_rounds_reseed_the_labels_without_training(
     assert len(trained_on) == 2  # the base run and the network round; label rounds do not fit
     assert trained_on[1] - trained_on[0] == {(1, 51)}
     assert result.pseudo_pairs == 1
-    seeds = torch.cat([torch.as_tensor(data.split.train), torch.tensor([[4, 54]]),
-                       torch.as_tensor(data.split.valid)])
-    expected = trainer_module.propagate(_config(tiny_overrides), data.inputs, seeds)
+    config = _config(tiny_overrides)
+    train = torch.as_tensor(data.split.train)
+    labels_of = {name: config.model.propagation_weight * trainer_module.propagate(
+        config, data.inputs, seeds) for name, seeds in [
+            ("train", train), ("round 1", torch.cat([train, torch.tensor([[3, 53], [4, 54]])])),
+            ("round 2", torch.cat([train, torch.tensor([[4, 54]])]))]}
+    width = labels_of["train"].shape[1]
+    used = [next(name for name, labels in labels_of.items()
+                 if torch.equal(joint[:, -width:], labels)) for joint in decoded]
+    assert used == ["train", "round 1", "round 2", "round 2"]
+    final_seeds = torch.cat([train, torch.tensor([[1, 51]]), torch.as_tensor(data.split.valid)])
+    expected = trainer_module.propagate(config, data.inputs, final_seeds)
     assert result.propagated is not None and torch.equal(result.propagated, expected)
-    assert len(set(decoded_dims)) == 1  # every decoding ranks with the labels appended
 
 
 def test_label_rounds_alone_make_a_fast_iterative_run(synthetic_dir: Path,
