@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.propagation import label_width
+
 MODALITIES = ("structure", "relation", "attribute", "visual")
 
 
@@ -71,8 +73,20 @@ class ModelConfig(_Strict):
                               "to the joint embedding (model/propagation.py)")
     propagation_dim: int = Field(128, ge=1, le=4096, description="size of a seed label")
     propagation_hops: int = Field(2, ge=1, le=8, description="propagation steps")
+    propagation_directed: bool = Field(True, description="also propagate over out- and "
+                                       "in-neighbours apart (two more views)")
+    propagation_hub_damping: float = Field(0.5, ge=0.0, le=4.0, description="a neighbour "
+                                           "weighs its degree to this negative power")
     propagation_weight: float = Field(0.5, gt=0.0, description="weight of the propagated labels "
                                       "beside the normalised learned embedding")
+
+    @property
+    def propagation_width(self) -> int:
+        """Columns the propagated labels add to the joint embedding (0 when off)."""
+        if not self.propagation:
+            return 0
+        return label_width(self.propagation_dim, self.propagation_hops,
+                           self.propagation_directed)
 
 
 class LossConfig(_Strict):
@@ -135,7 +149,8 @@ class DataConfig(_Strict):
 class EvalConfig(_Strict):
     """How test pairs are ranked (``training/evaluation.py``)."""
 
-    csls_k: int = Field(10, ge=1)
+    csls_k: int = Field(3, ge=1, description="neighbours averaged for CSLS; 2-3 scored best on "
+                        "full-pool validation with the propagated labels (BENCHMARKS.md)")
     sinkhorn_reg: float = Field(0.001, gt=0.0, description="entropy of the Sinkhorn ranking, "
                                 "in CSLS units")
     sinkhorn_iterations: int = Field(20, ge=1, description="Sinkhorn rounds of that ranking")

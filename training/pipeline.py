@@ -124,9 +124,7 @@ def learned_columns(joint: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     Training and validation pairs seed the labels, which therefore align them by construction;
     their metrics rank with the learned part alone, as model selection does.
     """
-    if not config.propagation:
-        return joint
-    return joint[:, :joint.shape[1] - 2 * config.propagation_hops * config.propagation_dim]
+    return joint[:, :joint.shape[1] - config.propagation_width]
 
 
 def _unlabelled_rows(data: KGPairData,

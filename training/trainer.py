@@ -188,7 +188,10 @@ def propagate(config: MIMEAConfig, inputs: GraphInputs,
         return None
     return propagate_seed_labels(inputs.edge_index, inputs.edge_type, inputs.num_entities, seeds,
                                  dim=config.model.propagation_dim,
-                                 hops=config.model.propagation_hops, seed=config.training.seed)
+                                 hops=config.model.propagation_hops, seed=config.training.seed,
+                                 directed=config.model.propagation_directed,
+                                 hub_damping=config.model.propagation_hub_damping,
+                                 num_edge_types=inputs.num_edge_types)
 
 
 def epoch_lr(config: TrainingConfig, epoch: int, epochs: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.propagation import propagate_seed_labels, with_propagation
+from model.propagation import label_width, propagate_seed_labels, with_propagation
 
 
 def _typed_graph(triples: torch.Tensor, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,10 +54,13 @@ def test_shape_norms_and_unreached_entities() -> None:
     edge_index, edge_type = _typed_graph(torch.tensor([[0, 0, 1], [1, 0, 2], [3, 1, 4]]), 2)
     labels = propagate_seed_labels(edge_index, edge_type, 5, torch.tensor([[0, 2]]), dim=8,
                                    hops=3)
-    assert labels.shape == (5, 2 * 3 * 8)
+    assert labels.shape == (5, 4 * 3 * 8) == (5, label_width(8, 3, directed=True))
     norms = labels.norm(dim=1)
     torch.testing.assert_close(norms[:3], torch.ones(3))
-    assert torch.equal(labels[3:], torch.zeros(2, 48))
+    assert torch.equal(labels[3:], torch.zeros(2, 96))
+    undirected = propagate_seed_labels(edge_index, edge_type, 5, torch.tensor([[0, 2]]), dim=8,
+                                       hops=3, directed=False)
+    assert undirected.shape == (5, 2 * 3 * 8) == (5, label_width(8, 3, directed=False))
     assert torch.isfinite(labels).all()
 
 
@@ -87,6 +90,46 @@ def test_more_seeds_align_more_entities() -> None:
     assert hits1(60) > hits1(10)
 
 
+def _blocks(labels: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """The views of a one-hop propagation, each normalised on its own."""
+    return [torch.nn.functional.normalize(block, dim=-1) for block in labels.split(dim, dim=1)]
+
+
+def test_directed_views_tell_what_an_entity_points_to_from_what_points_to_it() -> None:
+    # 2 -> 0 -> 1 by one relation; seeds 1 and 2 (partners 3 and 4 elsewhere)
+    edge_index, edge_type = _typed_graph(torch.tensor([[0, 0, 1], [2, 0, 0]]), 1)
+    seeds = torch.tensor([[1, 3], [2, 4]])
+    dim = 16
+    labels = propagate_seed_labels(edge_index, edge_type, 5, seeds, dim=dim, hops=1)
+    neighbours, out, into, _ = _blocks(labels, dim)
+    # reference: in another graph over the same seeds, 0's only neighbour is seed 1 and 3's
+    # only neighbour is seed 2, so their neighbour views are those seeds' labels
+    line = _typed_graph(torch.tensor([[1, 0, 0], [2, 0, 3]]), 1)
+    lone = _blocks(propagate_seed_labels(*line, 5, seeds, dim=dim, hops=1,
+                                         directed=False), dim)[0]
+    torch.testing.assert_close(out[0], lone[0])   # 0's only neighbour is seed 1
+    torch.testing.assert_close(into[0], lone[3])  # 3's only neighbour is seed 2
+    torch.testing.assert_close(neighbours[0], torch.nn.functional.normalize(
+        lone[0] + lone[3], dim=0))
+
+
+def test_hub_damping_weighs_rare_neighbours_up() -> None:
+    # entity 6 links to a hub (0, linked to 1-5 as well) and to entity 7 (linked to 8 only);
+    # 0 and 7 are seeds. 1 and 8 have one neighbour each: their views are the seeds' labels.
+    triples = [[0, 0, i] for i in range(1, 6)] + [[6, 0, 0], [6, 0, 7], [8, 0, 7]]
+    edge_index, edge_type = _typed_graph(torch.tensor(triples), 1)
+    seeds = torch.tensor([[0, 10], [7, 11]])
+
+    def neighbour_view(damping: float) -> torch.Tensor:
+        return _blocks(propagate_seed_labels(edge_index, edge_type, 12, seeds, dim=64, hops=1,
+                                             directed=False, hub_damping=damping), 64)[0]
+
+    plain, damped = neighbour_view(0.0), neighbour_view(1.0)
+    hub, rare = plain[1], plain[8]
+    torch.testing.assert_close(plain[6] @ hub, plain[6] @ rare)  # a plain mean: alike
+    assert damped[6] @ rare > damped[6] @ hub + 0.3  # weights 1/2 against 1/6
+
+
 def test_with_propagation_appends_weighted_labels() -> None:
     joint = torch.randn(4, 3) * 5
     labels = torch.nn.functional.normalize(torch.randn(4, 2), dim=1)
@@ -97,8 +140,10 @@ def test_with_propagation_appends_weighted_labels() -> None:
     torch.testing.assert_close(combined[:, 3:], 0.5 * labels)
 
 
-@pytest.mark.parametrize("kwargs", [{"hops": 0}, {"dim": 0}])
-def test_rejects_empty_propagation(kwargs: dict[str, int]) -> None:
+@pytest.mark.parametrize(("kwargs", "message"), [({"hops": 0}, "must be positive"),
+                                                 ({"dim": 0}, "must be positive"),
+                                                 ({"hub_damping": -1.0}, "must be >= 0")])
+def test_rejects_bad_propagation_options(kwargs: dict[str, float], message: str) -> None:
     edge_index, edge_type = _typed_graph(torch.tensor([[0, 0, 1]]), 1)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match=message):
         propagate_seed_labels(edge_index, edge_type, 2, torch.tensor([[0, 1]]), **kwargs)

@@ -104,8 +104,7 @@ def test_weights_and_seeds_reproduce_stored_embeddings(trained_run: TrainedRun) 
                           for a, b in checkpoint.split[part]])
     expected = with_propagation(learned, propagate(config, inputs, seeds),
                                 config.model.propagation_weight)
-    assert expected.shape[1] == learned.shape[1] + 2 * config.model.propagation_hops * \
-        config.model.propagation_dim
+    assert expected.shape[1] == learned.shape[1] + config.model.propagation_width
     torch.testing.assert_close(expected, checkpoint.embeddings.joint, atol=1e-5, rtol=1e-4)
 
 
@@ -154,8 +153,7 @@ def test_seed_pairs_rank_with_the_learned_columns(trained_run: TrainedRun) -> No
     config = MIMEAConfig.model_validate(checkpoint.config["config"])
     joint = checkpoint.embeddings.joint
     learned = learned_columns(joint, config.model)
-    assert learned.shape[1] == joint.shape[1] - 2 * config.model.propagation_hops * \
-        config.model.propagation_dim
+    assert learned.shape[1] == joint.shape[1] - config.model.propagation_width
     norms = learned.norm(dim=1)  # zero for an entity with no modality at all
     assert bool(((norms - 1).abs() < 1e-5).logical_or(norms == 0).all())
     row_of = {entity: row for row, entity in enumerate(checkpoint.entities.ids)}

@@ -219,7 +219,7 @@ def test_every_fit_propagates_the_pairs_it_trains_on(
     config = result.model.config
     learned = trainer_module.infer(result.model, data.inputs).joint
     assert result.joint(learned).shape[1] == learned.shape[1] + \
-        2 * config.propagation_hops * config.propagation_dim
+        config.propagation_width
     assert set(validated_dims) == {learned.shape[1]}
     assert result.base is not None and result.base.joint.shape[1] == result.joint(learned).shape[1]
 
