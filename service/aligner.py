@@ -42,6 +42,7 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 CSLS_POOL_MIN = 50
+DEFAULT_CSLS_K = 10  # for checkpoints that do not say which k they were evaluated with
 CSLS_POOL_FACTOR = 4
 SUGGESTIONS = 5
 SUGGESTION_WINDOW = 300
@@ -57,6 +58,14 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def evaluated_csls_k(config: dict[str, Any]) -> int:
+    """The CSLS k a checkpoint's metrics were computed with (``eval.csls_k`` of its training
+    config), so the service ranks as the figures it reports; 10, CSLS's usual k, when the
+    checkpoint names none."""
+    k = config.get("config", {}).get("eval", {}).get("csls_k", DEFAULT_CSLS_K)
+    return k if isinstance(k, int) and k >= 1 else DEFAULT_CSLS_K
+
+
 class Aligner:
     """A checkpoint ready to answer candidate and alignment queries."""
 
@@ -70,7 +79,7 @@ class Aligner:
         self.modalities = checkpoint.modalities
         self.config = checkpoint.config
         self.metrics = checkpoint.metrics
-        self.csls_k = settings.csls_k
+        self.csls_k = settings.csls_k or evaluated_csls_k(checkpoint.config)
         self.temperature = settings.confidence_temperature
         # Loading is batched (BLAS-bound) and runs alone: use every core for it.
         set_threads(max(settings.threads, os.cpu_count() or 1))

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
         "auto", description="Where embeddings live; auto picks cuda when torch sees a GPU.")
     index: Literal["flat", "hnsw", "ivf"] = Field(
         "flat", description="FAISS index per KG: exact flat inner product or approximate.")
-    csls_k: int = Field(10, ge=1, le=100, description="Neighbours averaged for CSLS r_k.")
+    csls_k: int | None = Field(None, ge=1, le=100, description="Neighbours averaged for CSLS "
+                               "r_k; None: the k the checkpoint was evaluated with.")
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; None = about 4*sqrt(n).")

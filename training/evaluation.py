@@ -128,10 +128,28 @@ def validation_hits1(embeddings: torch.Tensor, pairs: torch.Tensor, distractors:
     unlabelled KG2 entity as a distractor, the epoch that validates best is the one that ranks
     best among the test's thousands of candidates.
     """
+    return pooled_metrics(embeddings, pairs, distractors, k=k)["hits1"]
+
+
+def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
+                   target_distractors: torch.Tensor,
+                   source_distractors: torch.Tensor | None = None, *,
+                   k: int = 10) -> dict[str, float]:
+    """CSLS metrics, KG1→KG2, of ``pairs`` ranked against their targets and
+    ``target_distractors``, the targets' hubness terms taken over the pairs' sources and
+    ``source_distractors``.
+
+    With every unlabelled entity of both KGs in the pools, a few hundred validation pairs are
+    ranked as the test pairs are, hubness terms included: the setting in which to choose
+    ``eval.csls_k``.
+    """
+    if source_distractors is None:
+        source_distractors = pairs.new_empty(0)
     with torch.no_grad():
-        targets = torch.cat([pairs[:, 1], distractors])
-        sim = similarity_matrix(embeddings[pairs[:, 0]], embeddings[targets], "csls", k)
-        return ranking_metrics(gold_ranks(sim))["hits1"]
+        sources = torch.cat([pairs[:, 0], source_distractors])
+        targets = torch.cat([pairs[:, 1], target_distractors])
+        sim = similarity_matrix(embeddings[sources], embeddings[targets], "csls", k)
+        return ranking_metrics(gold_ranks(sim[:len(pairs)]))
 
 
 def mutual_nearest_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,

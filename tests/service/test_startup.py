@@ -150,3 +150,21 @@ def test_serve_subprocess_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot start the service" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_csls_k_follows_the_checkpoint_unless_set(synthetic, tmp_path: Path,
+                                                  make_settings: Callable[..., Settings]) -> None:
+    # The service ranks with the k the checkpoint's metrics were computed with; a checkpoint
+    # that names none gets CSLS's usual 10; a setting overrides both.
+    ckpt = load_checkpoint(synthetic.path)
+    path = tmp_path / "k3"
+    config = {k: v for k, v in ckpt.config.items()
+              if k not in ("format_version", "model_version", "embedding_dims")}
+    config["config"] = {"eval": {"csls_k": 3}}
+    write_checkpoint(path, config=config, weights={"w": torch.zeros(1)},
+                     embeddings=ckpt.embeddings, entities=ckpt.entities, split=ckpt.split,
+                     metrics=ckpt.metrics)
+    for checkpoint, overrides, expected in [(synthetic.path, {}, 10), (path, {}, 3),
+                                            (path, {"csls_k": 5}, 5)]:
+        with TestClient(create_app(make_settings(checkpoint=checkpoint, **overrides))) as client:
+            assert client.get("/model").json()["csls_k"] == expected

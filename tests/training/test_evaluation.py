@@ -13,6 +13,7 @@ from training.evaluation import (
     gold_ranks,
     mean_topk_similarity,
     mutual_nearest_pairs,
+    pooled_metrics,
     ranking_metrics,
     similarity_matrix,
     sinkhorn_matrix,
@@ -224,3 +225,17 @@ def test_validation_distractors_make_ranking_harder() -> None:
     assert validation_hits1(emb, pairs, torch.empty(0, dtype=torch.long), k=1) == 1.0
     assert validation_hits1(emb, pairs, torch.tensor([5]), k=1) == 1.0
     assert validation_hits1(emb, pairs, torch.tensor([4, 5]), k=1) == pytest.approx(0.5)
+
+
+def test_pooled_metrics_take_the_hubness_terms_over_the_source_pool() -> None:
+    # A wrong target a little closer to the source than the gold one wins by CSLS among the
+    # pair alone; once another source sits right on it (a hub of the pool), it loses.
+    emb = torch.tensor([[1.0, 0.0],      # source
+                        [0.8, 0.6],      # its gold target (cosine 0.80)
+                        [0.85, -0.53],   # a wrong target (cosine 0.85)
+                        [0.85, -0.53]])  # another source, on the wrong target
+    pairs, wrong, other = torch.tensor([[0, 1]]), torch.tensor([2]), torch.tensor([3])
+    assert pooled_metrics(emb, pairs, wrong, k=1)["hits1"] == 0.0
+    assert validation_hits1(emb, pairs, wrong, k=1) == 0.0
+    pooled = pooled_metrics(emb, pairs, wrong, other, k=1)
+    assert pooled["hits1"] == 1.0 and pooled["mr"] == 1.0

@@ -1,0 +1,79 @@
+"""Choose CSLS's k on validation pairs ranked as the test pairs are.
+
+The validation of model selection ranks a few hundred pairs, so its hubness terms see a few
+hundred sources: fine to compare epochs, not to choose ``eval.csls_k``. Here each validation
+source is ranked against every unlabelled KG2 entity, the hubness terms taken over every
+unlabelled entity of both KGs, with the labels propagated from the training pairs alone (the
+validation pairs must not seed their own labels). The test column ranks the checkpoint's
+stored joint embedding, as the accuracy bench does.
+
+    python bench/csls_k.py --checkpoint CKPT [--data ../shared/data/dbp15k/zh_en] [--k 1 2 3 5 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.checkpoint import load_checkpoint  # noqa: E402
+from model.config import MIMEAConfig  # noqa: E402
+from model.propagation import with_propagation  # noqa: E402
+from training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
+from training.pipeline import learned_columns, prepare  # noqa: E402
+from training.trainer import propagate  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5, 7, 10])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "csls_k.json")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: no dataset at {args.data}")
+        return 0
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    prepared = prepare(args.data, config)
+    split, data = prepared.split, prepared.data
+    if data.ids[split.test].tolist() != checkpoint.split["test"]:
+        print(f"error: {args.checkpoint} was not trained on this split of {args.data}")
+        return 2
+    joint = checkpoint.embeddings.joint
+    train, valid = torch.as_tensor(split.train), torch.as_tensor(split.valid)
+    labelled = np.concatenate([split.train.reshape(-1), split.valid.reshape(-1)])
+    free = np.ones(data.num_entities, dtype=bool)
+    free[labelled] = False
+    free_kg1 = torch.as_tensor(np.flatnonzero(free & (data.kgs == 1)))
+    free_kg2 = torch.as_tensor(np.flatnonzero(free & (data.kgs == 2)))
+    valid_joint = with_propagation(learned_columns(joint, config.model),
+                                   propagate(config, prepared.inputs, train),
+                                   config.model.propagation_weight)
+    rows = []
+    for k in args.k:
+        pooled = pooled_metrics(valid_joint, valid, free_kg2, free_kg1, k=k)
+        test = evaluate_pairs(joint, torch.as_tensor(split.test), method="csls",
+                              k=k)["kg1_to_kg2"]
+        rows.append({"k": k, "valid": pooled, "test": test})
+        print(f"k={k:>3}  valid Hits@1 {pooled['hits1']:.4f} MRR {pooled['mrr']:.4f}   "
+              f"test Hits@1 {test['hits1']:.4f} MRR {test['mrr']:.4f} MR {test['mr']:.1f}",
+              flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data),
+                                    "valid_pairs": len(valid), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
