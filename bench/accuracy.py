@@ -7,6 +7,7 @@ iterative variant and the ablations (each module and each modality off), and wri
     python bench/accuracy.py                       # full runs
     python bench/accuracy.py --only ablations --ablation-epochs 20
     python bench/accuracy.py --only zh_en --keep-checkpoints checkpoints
+    python bench/accuracy.py --only zh_en --record CKPT   # a run made with `mimea train`
 
 Every run appends to the results file as soon as it ends, so a long sweep can be resumed
 with ``--skip-done``.
@@ -67,6 +68,12 @@ def run_one(dataset: str, variant: str, overrides: list[str], config_file: Path 
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run_training(DATA / dataset, keep or Path(tmp) / "checkpoint", config,
                                progress=False)
+    return rows_of(dataset, train_ratio, iterative, variant, overrides, metrics)
+
+
+def rows_of(dataset: str, train_ratio: float, iterative: bool, variant: str,
+            overrides: list[str], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``accuracy.json`` rows of one run's ``metrics.json`` (two for an iterative run)."""
     rows = [_row(dataset, train_ratio, iterative, variant, overrides, metrics["test"],
                  metrics["epochs"], metrics["best_epoch"], metrics["wall_s"],
                  metrics["s_per_epoch"])]
@@ -167,7 +174,13 @@ def main() -> int:
     parser.add_argument("--reverse", action="store_true",
                         help="run the plan from its end, so that a second process with "
                         "--skip-done can work through it from the other side")
+    parser.add_argument("--record", type=Path, metavar="CKPT",
+                        help="instead of training, add the rows of a checkpoint written by "
+                        "`mimea train` on the --only dataset (its metrics.json)")
+    parser.add_argument("--variant", default="full", help="variant name of --record's rows")
     args = parser.parse_args()
+    if args.record:
+        return record(args.record, args.only, args.variant)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     missing = [d for d in DATASETS if not (DATA / d).is_dir()]
     if missing:
@@ -197,6 +210,31 @@ def main() -> int:
                                if not (r["dataset"] == dataset and r["variant"] == variant
                                        and r["iterative"] == row["iterative"])] + [row]
             save_results(results)
+    return 0
+
+
+def record(checkpoint: Path, only: str | None, variant: str) -> int:
+    """Add the rows of a finished ``mimea train`` run, replacing those of the same variant."""
+    dataset = {"zh_en": "dbp15k/zh_en", "fbdb15k": "fbdb15k"}.get(only or "")
+    if dataset is None:
+        print("error: --record needs --only zh_en or --only fbdb15k")
+        return 2
+    try:
+        metrics = json.loads((checkpoint / "metrics.json").read_text(encoding="utf-8"))
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {checkpoint} is not a readable checkpoint: {exc}")
+        return 2
+    rows = rows_of(dataset, config["data"]["train_ratio"], config["training"]["iterative"],
+                   variant, [], metrics)
+    results = load_results()
+    results["runs"] = [r for r in results["runs"]
+                       if not any(r["dataset"] == row["dataset"] and r["variant"] == variant
+                                  and r["iterative"] == row["iterative"] for row in rows)]
+    results["runs"] += rows
+    save_results(results)
+    for row in rows:
+        print(json.dumps(row))
     return 0
 
 
