@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import MIMEAConfig  # noqa: E402
+from model.config import saved_config  # noqa: E402
 from model.propagation import with_propagation  # noqa: E402
 from training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
 from training.pipeline import learned_columns, prepare  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> int:
         print(f"skipped: no dataset at {args.data}")
         return 0
     checkpoint = load_checkpoint(args.checkpoint)
-    config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    config = saved_config(checkpoint.config["config"])
     prepared = prepare(args.data, config)
     split, data = prepared.split, prepared.data
     if data.ids[split.test].tolist() != checkpoint.split["test"]:

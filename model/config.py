@@ -176,6 +176,27 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
 
 
+# Keys added after checkpoints were first written, with the behaviour those checkpoints had.
+_FORMER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"propagation_directed": False, "propagation_hub_damping": 0.0},
+}
+
+
+def saved_config(raw: dict[str, Any]) -> MIMEAConfig:
+    """The configuration a checkpoint was trained with (its ``config.json`` ``config``).
+
+    A checkpoint written before a key existed behaved as the key's former default, not the
+    current one: its propagated labels, for one, are narrower than today's defaults make them.
+    """
+    filled = {section: dict(values) if isinstance(values, dict) else values
+              for section, values in raw.items()}
+    for section, defaults in _FORMER_DEFAULTS.items():
+        if isinstance(filled.get(section), dict):
+            for key, value in defaults.items():
+                filled[section].setdefault(key, value)
+    return MIMEAConfig.model_validate(filled)
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> MIMEAConfig:
     """Read a TOML/YAML/JSON config (or defaults) and apply ``section.key=value`` overrides."""
     raw: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
-from model.config import EvalConfig, MIMEAConfig, ModelConfig
+from model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_config
 from model.device import resolve_device
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
@@ -109,7 +109,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
     pairs = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split[part]], dtype=np.int64)
     if len(pairs) == 0:
         raise ValueError(f"checkpoint {checkpoint_dir} has no {part} pairs")
-    config = MIMEAConfig.model_validate(checkpoint.config["config"])
+    config = saved_config(checkpoint.config["config"])
     if csls_k:
         config.eval.csls_k = csls_k
     joint = checkpoint.embeddings.joint

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import MODALITIES, ConfigError, MIMEAConfig, load_config
+from model.config import MODALITIES, ConfigError, MIMEAConfig, load_config, saved_config
 
 SETTINGS = {"model": {"hidden_dim": 64, "ot_alignment": False, "modalities": {"visual": False}},
             "training": {"epochs": 7, "lr": 0.002}}
@@ -171,3 +171,17 @@ def test_top_level_must_be_a_mapping(name: str, text: str, tmp_path: Path) -> No
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_saved_config_keeps_the_behaviour_of_older_checkpoints() -> None:
+    # A checkpoint saved before the directed label views existed has undirected labels (two
+    # views, not four): its config must say so, or its learned columns are cut wrong.
+    saved = MIMEAConfig().model_dump(mode="json")
+    del saved["model"]["propagation_directed"], saved["model"]["propagation_hub_damping"]
+    old = saved_config(saved)
+    assert old.model.propagation_directed is False and old.model.propagation_hub_damping == 0.0
+    assert old.model.propagation_width == 2 * old.model.propagation_hops * \
+        old.model.propagation_dim
+    current = saved_config(MIMEAConfig().model_dump(mode="json"))
+    assert current == MIMEAConfig()
+    assert "propagation_directed" not in saved["model"]  # the caller's dict is left alone
