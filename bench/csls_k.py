@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ from model.checkpoint import load_checkpoint  # noqa: E402
 from model.config import saved_config  # noqa: E402
 from model.propagation import with_propagation  # noqa: E402
 from training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
-from training.pipeline import learned_columns, prepare  # noqa: E402
+from training.pipeline import learned_columns, prepare, unlabelled_rows  # noqa: E402
 from training.trainer import propagate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
@@ -52,11 +51,7 @@ def main() -> int:
         return 2
     joint = checkpoint.embeddings.joint
     train, valid = torch.as_tensor(split.train), torch.as_tensor(split.valid)
-    labelled = np.concatenate([split.train.reshape(-1), split.valid.reshape(-1)])
-    free = np.ones(data.num_entities, dtype=bool)
-    free[labelled] = False
-    free_kg1 = torch.as_tensor(np.flatnonzero(free & (data.kgs == 1)))
-    free_kg2 = torch.as_tensor(np.flatnonzero(free & (data.kgs == 2)))
+    free_kg1, free_kg2 = unlabelled_rows(data, split)
     valid_joint = with_propagation(learned_columns(joint, config.model),
                                    propagate(config, prepared.inputs, train),
                                    config.model.propagation_weight)

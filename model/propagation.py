@@ -68,22 +68,21 @@ def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
     if hub_damping < 0:
         raise ValueError(f"hub_damping must be >= 0, got {hub_damping}")
     device = edge_index.device
+    if num_edge_types is None:
+        num_edge_types = int(edge_type.max()) + 1 if edge_type.numel() else 1
     linked = torch.unique(edge_index.flip(0), dim=1)  # [target, source], distinct
     degree = torch.zeros(num_entities, device=device).index_add_(
         0, linked[0], torch.ones(linked.shape[1], device=device))
     aggregations = [_weighted_mean(linked, degree, hub_damping, num_entities)]
     if directed:
-        if num_edge_types is None:
-            num_edge_types = int(edge_type.max()) + 1 if edge_type.numel() else 2
         num_relations = (num_edge_types + 1) // 2
         forward = edge_type < num_relations  # head → tail: the target is the head's tail
         for keep in (~forward, forward):  # the tails it points to, the heads pointing to it
             rows = torch.unique(edge_index[:, keep].flip(0), dim=1)
             aggregations.append(_weighted_mean(rows, degree, hub_damping, num_entities))
-    num_types = int(edge_type.max()) + 1 if edge_type.numel() else 1
     has_type = torch.stack([edge_index[1], edge_type])  # target entity has the edge's type
-    type_of_entity = _mean_rows(has_type, (num_entities, num_types))
-    entity_of_type = _mean_rows(has_type.flip(0), (num_types, num_entities))
+    type_of_entity = _mean_rows(has_type, (num_entities, num_edge_types))
+    entity_of_type = _mean_rows(has_type.flip(0), (num_edge_types, num_entities))
 
     generator = torch.Generator().manual_seed(seed)
     labels = F.normalize(torch.randn(len(seeds), dim, generator=generator), dim=-1).to(device)

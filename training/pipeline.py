@@ -70,7 +70,7 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     data, split = prepared.data, prepared.split
     device = resolve_device(config.training.device)
     logger.info("training on %s with %s: %s", data_dir, device, split.sizes())
-    unlabelled = _unlabelled_rows(data, split)
+    unlabelled = unlabelled_rows(data, split)
     result = train_model(config, prepared.inputs, torch.as_tensor(split.train),
                          torch.as_tensor(split.valid), device=device, progress=progress,
                          candidate_rows=unlabelled, on_epoch=on_epoch)
@@ -127,8 +127,10 @@ def learned_columns(joint: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return joint[:, :joint.shape[1] - config.propagation_width]
 
 
-def _unlabelled_rows(data: KGPairData,
-                     split: AlignmentSplit) -> tuple[torch.Tensor, torch.Tensor]:
+def unlabelled_rows(data: KGPairData,
+                    split: AlignmentSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    """KG1 and KG2 rows in no training or validation pair: the pseudo-label candidates, and
+    the pools the test and the full-pool validation rank among."""
     labelled = np.concatenate([split.train.reshape(-1), split.valid.reshape(-1)])
     free = np.ones(data.num_entities, dtype=bool)
     free[labelled] = False

@@ -139,14 +139,15 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
         for round_no in range(config.training.iterations):
             ended_learned = infer(model, inputs).joint
             model.load_state_dict(run.best_state)
+            best_learned = infer(model, inputs).joint
             if base is None:
-                base = _base_stage(config, model, inputs, labelled, run, start)
+                base = _base_stage(config, best_learned, inputs, labelled, run, start)
                 if config.training.label_rounds:
-                    _, run.propagated = label_rounds(infer(model, inputs).joint,
+                    _, run.propagated = label_rounds(best_learned,
                                                      lambda found: torch.cat([train_pairs, found]))
-            ended = mutual_pairs(with_propagation(ended_learned, run.propagated,
-                                                  config.model.propagation_weight))
-            best = mutual_pairs(run.joint())
+            ended, best = (mutual_pairs(with_propagation(learned, run.propagated,
+                                                         config.model.propagation_weight))
+                           for learned in (ended_learned, best_learned))
             stable = sorted(ended & best)
             if stable:
                 pseudo = torch.tensor(stable, dtype=torch.long, device=device)
@@ -158,10 +159,10 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     # Selection is over, so the validation pairs are seeds like the others from here on: the
     # labels the final embedding carries propagate from them too.
     if config.training.iterative and base is None:  # no network round: label rounds end it
-        base = _base_stage(config, model, inputs, labelled, run, start)
+        learned = infer(model, inputs).joint
+        base = _base_stage(config, learned, inputs, labelled, run, start)
         pseudo, propagated = label_rounds(
-            infer(model, inputs).joint,
-            lambda found: torch.cat([train_pairs, found, run.valid_pairs]))
+            learned, lambda found: torch.cat([train_pairs, found, run.valid_pairs]))
     else:
         propagated = propagate(config, inputs,
                                torch.cat([train_pairs, pseudo, run.valid_pairs]))
@@ -171,10 +172,11 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                        propagated=propagated)
 
 
-def _base_stage(config: MIMEAConfig, model: MIMEA, inputs: GraphInputs, labelled: torch.Tensor,
-                run: _Run, start: float) -> BaseStage:
-    """The selected model before any pseudo-label, ranked as a non-iterative run ranks it."""
-    joint = with_propagation(infer(model, inputs).joint, propagate(config, inputs, labelled),
+def _base_stage(config: MIMEAConfig, learned: torch.Tensor, inputs: GraphInputs,
+                labelled: torch.Tensor, run: _Run, start: float) -> BaseStage:
+    """The selected model (its ``learned`` joint embedding) before any pseudo-label, ranked
+    as a non-iterative run ranks it."""
+    joint = with_propagation(learned, propagate(config, inputs, labelled),
                              config.model.propagation_weight)
     return BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
                      wall_s=time.perf_counter() - start)
