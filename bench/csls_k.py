@@ -1,13 +1,19 @@
-"""Choose CSLS's k on validation pairs ranked as the test pairs are.
+"""Choose CSLS's k and the label settings on validation pairs ranked as the test pairs are.
 
 The validation of model selection ranks a few hundred pairs, so its hubness terms see a few
 hundred sources: fine to compare epochs, not to choose ``eval.csls_k``. Here each validation
 source is ranked against every unlabelled KG2 entity, the hubness terms taken over every
 unlabelled entity of both KGs, with the labels propagated from the training pairs alone (the
 validation pairs must not seed their own labels). The test column ranks the checkpoint's
-stored joint embedding, as the accuracy bench does.
+learned embedding with labels propagated from the training and validation pairs, as the final
+embedding carries them.
+
+The propagated labels have no parameter to fit, so their weight and size
+(``model.propagation_weight``, ``model.propagation_dim``) can be chosen on a trained checkpoint
+too: model selection ranks the learned embedding alone, so they change nothing it picked.
 
     python bench/csls_k.py --checkpoint CKPT [--data ../shared/data/dbp15k/zh_en] [--k 1 2 3 5 10]
+        [--weight 0.5 0.7] [--dim 128 256]
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4, 5, 7, 10])
+    parser.add_argument("--weight", type=float, nargs="+",
+                        help="label weights (default: the checkpoint's)")
+    parser.add_argument("--dim", type=int, nargs="+",
+                        help="label sizes per view and hop (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "csls_k.json")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -49,21 +59,28 @@ def main() -> int:
     if data.ids[split.test].tolist() != checkpoint.split["test"]:
         print(f"error: {args.checkpoint} was not trained on this split of {args.data}")
         return 2
-    joint = checkpoint.embeddings.joint
+    learned = learned_columns(checkpoint.embeddings.joint, config.model)
     train, valid = torch.as_tensor(split.train), torch.as_tensor(split.valid)
+    test = torch.as_tensor(split.test)
     free_kg1, free_kg2 = unlabelled_rows(data, split)
-    valid_joint = with_propagation(learned_columns(joint, config.model),
-                                   propagate(config, prepared.inputs, train),
-                                   config.model.propagation_weight)
     rows = []
-    for k in args.k:
-        pooled = pooled_metrics(valid_joint, valid, free_kg2, free_kg1, k=k)
-        test = evaluate_pairs(joint, torch.as_tensor(split.test), method="csls",
-                              k=k)["kg1_to_kg2"]
-        rows.append({"k": k, "valid": pooled, "test": test})
-        print(f"k={k:>3}  valid Hits@1 {pooled['hits1']:.4f} MRR {pooled['mrr']:.4f}   "
-              f"test Hits@1 {test['hits1']:.4f} MRR {test['mrr']:.4f} MR {test['mr']:.1f}",
-              flush=True)
+    for dim in args.dim or [config.model.propagation_dim]:
+        labels = config.model_copy(update={"model": config.model.model_copy(
+            update={"propagation_dim": dim})})
+        valid_labels = propagate(labels, prepared.inputs, train)
+        test_labels = propagate(labels, prepared.inputs, torch.cat([train, valid]))
+        for weight in args.weight or [config.model.propagation_weight]:
+            valid_joint = with_propagation(learned, valid_labels, weight)
+            test_joint = with_propagation(learned, test_labels, weight)
+            for k in args.k:
+                pooled = pooled_metrics(valid_joint, valid, free_kg2, free_kg1, k=k)
+                tested = evaluate_pairs(test_joint, test, method="csls", k=k)["kg1_to_kg2"]
+                rows.append({"k": k, "weight": weight, "dim": dim, "valid": pooled,
+                             "test": tested})
+                print(f"dim={dim:>4} weight={weight:.2f} k={k:>3}  "
+                      f"valid Hits@1 {pooled['hits1']:.4f} MRR {pooled['mrr']:.4f}   "
+                      f"test Hits@1 {tested['hits1']:.4f} MRR {tested['mrr']:.4f} "
+                      f"MR {tested['mr']:.1f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data),
                                     "valid_pairs": len(valid), "rows": rows}, indent=2) + "\n")
