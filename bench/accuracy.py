@@ -130,6 +130,18 @@ def save_results(results: dict[str, Any]) -> None:
     write_table(results)
 
 
+def save_rows(rows: list[dict[str, Any]]) -> None:
+    """Add ``rows`` to the results file, each replacing the row of the same dataset, variant
+    and iterative flag."""
+    def key(row: dict[str, Any]) -> tuple[str, str, bool]:
+        return row["dataset"], row["variant"], row["iterative"]
+
+    results = load_results()
+    replaced = {key(row) for row in rows}
+    results["runs"] = [r for r in results["runs"] if key(r) not in replaced] + rows
+    save_results(results)
+
+
 def write_table(results: dict[str, Any]) -> None:
     """Replace the ``## Accuracy`` results table in BENCHMARKS.md (other sections kept)."""
     lines = ["| dataset | seeds | iterative | variant | Hits@1 | Hits@10 | MRR | MR | "
@@ -187,7 +199,6 @@ def main() -> int:
         print(f"skipping the accuracy benchmark: {', '.join(str(DATA / d) for d in missing)} "
               "not found (the benchmark needs the shared data folder)")
         return 0
-    results = load_results()
     runs = plan(args.only, args.ablation_epochs)
     if args.shard:
         index, count = (int(x) for x in args.shard.split("/"))
@@ -205,11 +216,7 @@ def main() -> int:
             keep = args.keep_checkpoints / name
         for row in run_one(dataset, variant, overrides, args.config, iterative, keep):
             print(json.dumps(row), flush=True)
-            results = load_results()  # another shard may have written meanwhile
-            results["runs"] = [r for r in results["runs"]
-                               if not (r["dataset"] == dataset and r["variant"] == variant
-                                       and r["iterative"] == row["iterative"])] + [row]
-            save_results(results)
+            save_rows([row])  # one row at a time: another shard may have written meanwhile
     return 0
 
 
@@ -227,12 +234,7 @@ def record(checkpoint: Path, only: str | None, variant: str) -> int:
         return 2
     rows = rows_of(dataset, config["data"]["train_ratio"], config["training"]["iterative"],
                    variant, [], metrics)
-    results = load_results()
-    results["runs"] = [r for r in results["runs"]
-                       if not any(r["dataset"] == row["dataset"] and r["variant"] == variant
-                                  and r["iterative"] == row["iterative"] for row in rows)]
-    results["runs"] += rows
-    save_results(results)
+    save_rows(rows)
     for row in rows:
         print(json.dumps(row))
     return 0
