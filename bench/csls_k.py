@@ -8,17 +8,18 @@ validation pairs must not seed their own labels). The test column ranks the chec
 learned embedding with labels propagated from the training and validation pairs, as the final
 embedding carries them.
 
-The propagated labels have no parameter to fit, so their weight and size
-(``model.propagation_weight``, ``model.propagation_dim``) can be chosen on a trained checkpoint
-too: model selection ranks the learned embedding alone, so they change nothing it picked.
+The propagated labels have no parameter to fit, so their settings (``model.propagation_weight``,
+``_dim``, ``_hops``, ``_hub_damping``) can be chosen on a trained checkpoint too: model
+selection ranks the learned embedding alone, so they change nothing it picked.
 
     python bench/csls_k.py --checkpoint CKPT [--data ../shared/data/dbp15k/zh_en] [--k 1 2 3 5 10]
-        [--weight 0.5 0.7] [--dim 128 256]
+        [--weight 0.5 0.7] [--dim 128 256] [--hops 2 3] [--damping 0.25 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -47,6 +48,10 @@ def main() -> int:
                         help="label weights (default: the checkpoint's)")
     parser.add_argument("--dim", type=int, nargs="+",
                         help="label sizes per view and hop (default: the checkpoint's)")
+    parser.add_argument("--hops", type=int, nargs="+",
+                        help="propagation steps (default: the checkpoint's)")
+    parser.add_argument("--damping", type=float, nargs="+",
+                        help="hub damping exponents (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "csls_k.json")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -64,9 +69,13 @@ def main() -> int:
     test = torch.as_tensor(split.test)
     free_kg1, free_kg2 = unlabelled_rows(data, split)
     rows = []
-    for dim in args.dim or [config.model.propagation_dim]:
-        labels = config.model_copy(update={"model": config.model.model_copy(
-            update={"propagation_dim": dim})})
+    own = config.model
+    for dim, hops, damping in itertools.product(
+            args.dim or [own.propagation_dim], args.hops or [own.propagation_hops],
+            args.damping or [own.propagation_hub_damping]):
+        labels = config.model_copy(update={"model": own.model_copy(update={
+            "propagation_dim": dim, "propagation_hops": hops,
+            "propagation_hub_damping": damping})})
         valid_labels = propagate(labels, prepared.inputs, train)
         test_labels = propagate(labels, prepared.inputs, torch.cat([train, valid]))
         for weight in args.weight or [config.model.propagation_weight]:
@@ -75,9 +84,10 @@ def main() -> int:
             for k in args.k:
                 pooled = pooled_metrics(valid_joint, valid, free_kg2, free_kg1, k=k)
                 tested = evaluate_pairs(test_joint, test, method="csls", k=k)["kg1_to_kg2"]
-                rows.append({"k": k, "weight": weight, "dim": dim, "valid": pooled,
-                             "test": tested})
-                print(f"dim={dim:>4} weight={weight:.2f} k={k:>3}  "
+                rows.append({"k": k, "weight": weight, "dim": dim, "hops": hops,
+                             "damping": damping, "valid": pooled, "test": tested})
+                print(f"dim={dim:>4} hops={hops} damping={damping:.2f} weight={weight:.2f} "
+                      f"k={k:>3}  "
                       f"valid Hits@1 {pooled['hits1']:.4f} MRR {pooled['mrr']:.4f}   "
                       f"test Hits@1 {tested['hits1']:.4f} MRR {tested['mrr']:.4f} "
                       f"MR {tested['mr']:.1f}", flush=True)

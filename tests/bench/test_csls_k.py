@@ -28,7 +28,7 @@ def test_sweeps_the_grid_and_reproduces_the_checkpoints_own_test_metrics(
     metrics = run_training(pair, checkpoint, config, progress=False)
     monkeypatch.setattr(sys, "argv", [
         "csls_k.py", "--checkpoint", str(checkpoint), "--data", str(pair), "--k", "1", "2",
-        "--weight", "0.5", "1.5", "--dim", "16", "32", "--out", str(out)])
+        "--weight", "0.5", "1.5", "--dim", "16", "32", "--hops", "2", "--out", str(out)])
     assert csls_k.main() == 0
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["dim"], r["weight"], r["k"]) for r in rows) == [
