@@ -25,7 +25,7 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any
     import torch
 
     from service.aligner import Aligner
-    from service.index import set_threads
+    from service.index import build_index, set_threads
     from service.settings import Settings
 
     aligner = Aligner.load(Settings(checkpoint=checkpoint, device="cpu", index="flat",
@@ -58,6 +58,11 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any
         sel = torch.from_numpy(rows[:n])
         return lambda: torch.topk(q_t[sel] @ target.T, 10, dim=1)
 
+    def wrapper_batch(searched: Any, n: int) -> Any:
+        block = np.ascontiguousarray(queries[rows[:n]])
+        return lambda: searched.search(block, 10)
+
+    rescoring = build_index(aligner.joint_np[2], precision="bfloat16")
     kg1_rows = aligner.rows[1]
 
     def service_one() -> None:
@@ -73,6 +78,12 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any
         "torch_single_ms": median_ms(torch_one, repeats),
         "torch_batch32_ms": median_ms(torch_batch(32), max(10, repeats // 10)),
         "torch_batch256_ms": median_ms(torch_batch(256), max(5, repeats // 40)),
+        "service_search_batch32_ms": median_ms(wrapper_batch(index, 32), max(10, repeats // 10)),
+        "bf16_rescored_single_ms": median_ms(wrapper_batch(rescoring, 1), repeats),
+        "bf16_rescored_batch32_ms": median_ms(wrapper_batch(rescoring, 32),
+                                              max(10, repeats // 10)),
+        "bf16_rescored_batch256_ms": median_ms(wrapper_batch(rescoring, 256),
+                                               max(5, repeats // 40)),
         "service_compute_single_ms": median_ms(service_one, repeats),
     }
     floor["faiss_batch32_per_query_ms"] = round(floor["faiss_batch32_ms"] / 32, 4)

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="FAISS/torch threads in the server and the floor (MIMEA_THREADS; "
                              "default: every core, as the service)")
+    parser.add_argument("--search-precision", choices=["float32", "bfloat16"], default=None,
+                        help="MIMEA_SEARCH_PRECISION for the server (default: its setting)")
     parser.add_argument("--batch-window-ms", type=float, default=None,
                         help="MIMEA_BATCH_WINDOW_MS for the server (default: its setting)")
     parser.add_argument("--scaling-sizes", default=None,
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         base_env = {"MIMEA_THREADS": str(args.threads), "MIMEA_CACHE_NAMESPACE": NAMESPACE}
         if args.batch_window_ms is not None:
             base_env["MIMEA_BATCH_WINDOW_MS"] = str(args.batch_window_ms)
+        if args.search_precision is not None:
+            base_env["MIMEA_SEARCH_PRECISION"] = args.search_precision
 
         rows: list[dict[str, Any]] = []
         soak_result: dict[str, Any] = {"errors": 0, "samples": [], "skipped": True}
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                        and r["concurrency"] == 1), None)
         result = {
             "checkpoint": described, "quick": quick, "threads": args.threads,
+            "search_precision": args.search_precision or "service default",
             "cpus": os.cpu_count(), "rows": rows, "floor": floor, "scaling": scaling,
             "soak": soak_result, "notes": notes,
             "e2e_single_over_faiss_single": (round(single["p50_ms"] / floor["faiss_single_ms"], 2)

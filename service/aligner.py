@@ -122,7 +122,8 @@ class Aligner:
         self.indexes: dict[int, KGIndex] = {
             kg: build_index(self.joint_np[kg], kind=settings.index, use_gpu=use_gpu,
                             hnsw_m=settings.hnsw_m, hnsw_ef_search=settings.hnsw_ef_search,
-                            ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe)
+                            ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe,
+                            precision=settings.search_precision)
             for kg in (1, 2)}
         self.r = self._csls_means()
         self.r_kg = {kg: self.r[self.rows[kg]] for kg in (1, 2)}
@@ -348,4 +349,5 @@ class Aligner:
                 "entities": {"kg1": self.sizes[1], "kg2": self.sizes[2]},
                 "metrics": self.metrics, "index": self.settings.index,
                 "device": str(self.device), "csls_k": self.csls_k,
-                "index_on_gpu": any(i.on_gpu for i in self.indexes.values())}
+                "index_on_gpu": any(i.on_gpu for i in self.indexes.values()),
+                "search_precision": self.indexes[1].precision}

@@ -119,6 +119,9 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     index: Literal["flat", "hnsw", "ivf"]
     index_on_gpu: bool
+    search_precision: Literal["float32", "bfloat16"] = Field(
+        description="What a search scans: the vectors, or their bfloat16 copy (its shortlist "
+                    "rescored in float32).")
     device: str
     csls_k: int
 

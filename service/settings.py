@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         "auto", description="Where embeddings live; auto picks cuda when torch sees a GPU.")
     index: Literal["flat", "hnsw", "ivf"] = Field(
         "flat", description="FAISS index per KG: exact flat inner product or approximate.")
+    search_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Scan of a CPU flat index: float32, or a bfloat16 copy whose "
+                            "shortlist is rescored in float32 (same results, half the memory "
+                            "traffic); auto: bfloat16 where torch runs it natively.")
     csls_k: int | None = Field(None, ge=1, le=100, description="Neighbours averaged for CSLS "
                                "r_k; None: the k the checkpoint was evaluated with.")
     hnsw_m: int = Field(32, ge=4, le=128)

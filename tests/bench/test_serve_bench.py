@@ -16,10 +16,13 @@ def test_quick_bench_writes_schema_with_no_errors(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "serve.py"), "--quick", "--tiny",
-         "--soak-seconds", "3", "--scaling-sizes", "2000", "--out", str(out)],
+         "--soak-seconds", "3", "--scaling-sizes", "2000", "--search-precision", "bfloat16",
+         "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["search_precision"] == "bfloat16"
+    assert result["floor"]["bf16_rescored_batch32_ms"] > 0
     rows = result["rows"]
     caches = {r["cache"] for r in rows}
     assert "off" in caches
