@@ -1,13 +1,13 @@
 """FAISS inner-product indexes over L2-normalised embeddings (cosine = inner product).
 
 One index per KG. ``flat`` is exact; ``hnsw`` and ``ivf`` are approximate options for large
-graphs. On the CPU, a flat index can scan a bfloat16 copy of its vectors (``precision``): half
-the memory traffic of the float32 scan, which bounds a flat search, and native bfloat16 dot
-products where the CPU has them. Its shortlist is then rescored in float32, so the scores
-returned are exact and a neighbour is lost only if more than ``RESCORE_EXTRA`` others come
-within bfloat16's rounding (about 0.004 of a cosine) of it. Indexes move to the GPU when faiss
-was built with GPU support, sees a GPU, and the device
-is not ``cpu`` (HNSW has no GPU implementation and stays on the CPU).
+graphs. On the CPU, a flat index can scan a bfloat16 copy of its vectors (``precision``; the
+copy costs half again the vectors' memory): half the memory traffic of the float32 scan, which
+bounds a flat search, and native bfloat16 dot products where the CPU has them. Its shortlist is
+then rescored in float32, so the scores returned are exact, and a true neighbour is missed only
+if more than ``RESCORE_EXTRA`` others come within bfloat16's rounding error (under 0.01 of a
+cosine) of it. Indexes move to the GPU when faiss was built with GPU support, sees a GPU, and
+the device is not ``cpu`` (HNSW has no GPU implementation and stays on the CPU).
 """
 
 from __future__ import annotations
