@@ -19,8 +19,11 @@ def median_ms(fn: Any, repeats: int) -> float:
     return round(float(np.median(times)) * 1000, 4)
 
 
-def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any]:
-    """The index's own cost on the served checkpoint, with the server's thread count."""
+def measure_floor(checkpoint: Path, threads: int, repeats: int,
+                  precision: str = "auto") -> dict[str, Any]:
+    """The index's own cost on the served checkpoint, with the server's thread count and
+    search precision (``service_*`` rows); the ``torch_*`` rows are the float32 scan and the
+    ``bf16_*`` rows the bfloat16 one, whatever the service uses."""
     import numpy as np
     import torch
 
@@ -29,7 +32,8 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any
     from service.settings import Settings
 
     aligner = Aligner.load(Settings(checkpoint=checkpoint, device="cpu", index="flat",
-                                    threads=threads, redis_url=None))
+                                    threads=threads, redis_url=None,
+                                    search_precision=precision))
     set_threads(threads)
     rng = np.random.default_rng(1)
     queries = aligner.joint_np[1]
@@ -71,6 +75,7 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int) -> dict[str, Any
 
     floor = {
         "index": "flat (IndexFlatIP)", "threads": threads, "k": 10,
+        "search_precision": index.precision,
         "corpus": int(index.size), "dim": int(queries.shape[1]),
         "faiss_single_ms": median_ms(one, repeats),
         "faiss_batch32_ms": median_ms(batch(32), max(10, repeats // 10)),

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {described}", flush=True)
 
         print("floor ...", flush=True)
-        floor = measure_floor(checkpoint, args.threads, repeats=50 if quick else 300)
+        floor = measure_floor(checkpoint, args.threads, repeats=50 if quick else 300,
+                              precision=args.search_precision or "auto")
         entities = floor.pop("_entities")
         uris, kgs = entities["uris"], entities["kgs"]
         print(f"  {json.dumps(floor)}", flush=True)

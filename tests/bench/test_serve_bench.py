@@ -22,6 +22,7 @@ def test_quick_bench_writes_schema_with_no_errors(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["search_precision"] == "bfloat16"
+    assert result["floor"]["search_precision"] == "bfloat16"
     assert result["floor"]["bf16_rescored_batch32_ms"] > 0
     rows = result["rows"]
     caches = {r["cache"] for r in rows}
