@@ -78,7 +78,7 @@ def main() -> int:
             "propagation_hub_damping": damping})})
         valid_labels = propagate(labels, prepared.inputs, train)
         test_labels = propagate(labels, prepared.inputs, torch.cat([train, valid]))
-        for weight in args.weight or [config.model.propagation_weight]:
+        for weight in args.weight or [own.propagation_weight]:
             valid_joint = with_propagation(learned, valid_labels, weight)
             test_joint = with_propagation(learned, test_labels, weight)
             for k in args.k:

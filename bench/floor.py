@@ -48,9 +48,10 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int,
         i = rows[next(it) % len(rows)]
         raw.search(queries[i:i + 1], 10)
 
-    def batch(n: int) -> Any:
+    def batch(searched: Any, n: int) -> Any:
+        """One search of ``n`` queries by ``searched`` (the faiss index or a KGIndex)."""
         block = np.ascontiguousarray(queries[rows[:n]])
-        return lambda: raw.search(block, 10)
+        return lambda: searched.search(block, 10)
 
     q_t = torch.from_numpy(queries)
 
@@ -62,11 +63,8 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int,
         sel = torch.from_numpy(rows[:n])
         return lambda: torch.topk(q_t[sel] @ target.T, 10, dim=1)
 
-    def wrapper_batch(searched: Any, n: int) -> Any:
-        block = np.ascontiguousarray(queries[rows[:n]])
-        return lambda: searched.search(block, 10)
-
-    rescoring = build_index(aligner.joint_np[2], precision="bfloat16")
+    rescoring = (index if index.precision == "bfloat16"
+                 else build_index(aligner.joint_np[2], precision="bfloat16"))
     kg1_rows = aligner.rows[1]
 
     def service_one() -> None:
@@ -78,16 +76,16 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int,
         "search_precision": index.precision,
         "corpus": int(index.size), "dim": int(queries.shape[1]),
         "faiss_single_ms": median_ms(one, repeats),
-        "faiss_batch32_ms": median_ms(batch(32), max(10, repeats // 10)),
-        "faiss_batch256_ms": median_ms(batch(256), max(5, repeats // 40)),
+        "faiss_batch32_ms": median_ms(batch(raw, 32), max(10, repeats // 10)),
+        "faiss_batch256_ms": median_ms(batch(raw, 256), max(5, repeats // 40)),
         "torch_single_ms": median_ms(torch_one, repeats),
         "torch_batch32_ms": median_ms(torch_batch(32), max(10, repeats // 10)),
         "torch_batch256_ms": median_ms(torch_batch(256), max(5, repeats // 40)),
-        "service_search_batch32_ms": median_ms(wrapper_batch(index, 32), max(10, repeats // 10)),
-        "bf16_rescored_single_ms": median_ms(wrapper_batch(rescoring, 1), repeats),
-        "bf16_rescored_batch32_ms": median_ms(wrapper_batch(rescoring, 32),
+        "service_search_batch32_ms": median_ms(batch(index, 32), max(10, repeats // 10)),
+        "bf16_rescored_single_ms": median_ms(batch(rescoring, 1), repeats),
+        "bf16_rescored_batch32_ms": median_ms(batch(rescoring, 32),
                                               max(10, repeats // 10)),
-        "bf16_rescored_batch256_ms": median_ms(wrapper_batch(rescoring, 256),
+        "bf16_rescored_batch256_ms": median_ms(batch(rescoring, 256),
                                                max(5, repeats // 40)),
         "service_compute_single_ms": median_ms(service_one, repeats),
     }
