@@ -19,6 +19,22 @@ def median_ms(fn: Any, repeats: int) -> float:
     return round(float(np.median(times)) * 1000, 4)
 
 
+def bfloat16_agreement(exact: Any, rescored: Any, queries: Any, k: int = 50,
+                       tolerance: float = 1e-5) -> dict[str, Any]:
+    """How often the bfloat16 scan with float32 rescoring answers as the float32 scan does,
+    over every query: the same top-``k`` ids in the same order, and the same scores (within
+    ``tolerance``; ids may then differ only among entities whose vectors tie)."""
+    import numpy as np
+
+    exact_scores, exact_ids = exact.search(queries, k)
+    scores, ids = rescored.search(queries, k)
+    return {"queries": len(queries), "k": k,
+            "same_ids": round(float((exact_ids == ids).all(axis=1).mean()), 5),
+            "same_scores": round(float((np.abs(exact_scores - scores) <= tolerance)
+                                       .all(axis=1).mean()), 5),
+            "max_score_difference": float(np.abs(exact_scores - scores).max())}
+
+
 def measure_floor(checkpoint: Path, threads: int, repeats: int,
                   precision: str = "auto") -> dict[str, Any]:
     """The index's own cost on the served checkpoint, with the server's thread count and
@@ -89,6 +105,9 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int,
                                                max(5, repeats // 40)),
         "service_compute_single_ms": median_ms(service_one, repeats),
     }
+    exact = (index if index.precision == "float32"
+             else build_index(aligner.joint_np[2], precision="float32"))
+    floor["bf16_agreement_top50"] = bfloat16_agreement(exact, rescoring, queries)
     floor["faiss_batch32_per_query_ms"] = round(floor["faiss_batch32_ms"] / 32, 4)
     floor["faiss_batch256_per_query_ms"] = round(floor["faiss_batch256_ms"] / 256, 4)
     entities = {"uris": aligner.uris, "kgs": aligner.kgs.tolist()}

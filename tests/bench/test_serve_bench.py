@@ -24,6 +24,8 @@ def test_quick_bench_writes_schema_with_no_errors(tmp_path: Path) -> None:
     assert result["search_precision"] == "bfloat16"
     assert result["floor"]["search_precision"] == "bfloat16"
     assert result["floor"]["bf16_rescored_batch32_ms"] > 0
+    agreement = result["floor"]["bf16_agreement_top50"]
+    assert agreement["queries"] > 0 and agreement["same_scores"] == 1.0
     rows = result["rows"]
     caches = {r["cache"] for r in rows}
     assert "off" in caches
