@@ -1,7 +1,9 @@
 """Similarity and ranking metrics: pure functions shared by training, evaluation and benches.
 
 Alignment is evaluated the standard way: each test source entity is ranked against every test
-target entity (and the reverse for the KG2→KG1 direction).
+target entity (and the reverse for the KG2→KG1 direction). The Sinkhorn ranking takes its
+potentials from a one-to-one plan over pools of entities (every unlabelled entity of both KGs
+for the test), so it never learns which entities the test pairs are.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def sinkhorn_matrix(source: torch.Tensor, target: torch.Tensor, k: int = 10, *,
     with uniform marginals (POT's log-domain Sinkhorn, ``iterations`` rounds). Ranking by the
     plan decodes all sources jointly under a one-to-one assumption: a target that is the best
     match of another source loses mass, which CSLS only approximates with its hubness term.
-    It sees the whole candidate set at once, like CSLS's statistics, so it is reported beside
-    the per-entity rankings, not instead of them. ``[S, T]`` memory several times over.
+    Over the test pairs alone that assumption holds exactly, so the test is ranked with a
+    plan over every unlabelled entity instead (:func:`pooled_sinkhorn_matrix`). ``[S, T]``
+    memory several times over.
     """
     return sinkhorn_log_plan(csls_matrix(source, target, k), reg=reg, iterations=iterations)
 
@@ -61,11 +64,54 @@ def sinkhorn_log_plan(scores: torch.Tensor, *, reg: float = 0.001,
                       iterations: int = 20) -> torch.Tensor:
     """Log of the entropic OT plan with uniform marginals and ``scores`` ``[S, T]`` as gain
     (see :func:`sinkhorn_matrix`), for callers that hold the scores already."""
+    log_u, log_v = sinkhorn_potentials(scores, reg=reg, iterations=iterations)
+    return log_u[:, None] + log_v[None, :] + scores / reg
+
+
+def sinkhorn_potentials(scores: torch.Tensor, *, reg: float = 0.001,
+                        iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The plan's log scalings ``(log u [S], log v [T])``: :math:`\log P_{st} = \log u_s +
+    \log v_t + \mathrm{scores}_{st} / \varepsilon`.
+
+    A row ranks its targets by ``scores / reg + log v``: ``log v`` is a per-target hubness
+    penalty, which CSLS's :math:`r_S` approximates from k neighbours.
+    """
     a = scores.new_full((scores.shape[0],), 1.0 / scores.shape[0])
     b = scores.new_full((scores.shape[1],), 1.0 / scores.shape[1])
     _, log = ot.bregman.sinkhorn_log(a, b, -scores, reg, numItermax=iterations, stopThr=0.0,
                                      log=True, warn=False)
-    return log["log_u"][:, None] + log["log_v"][None, :] + scores / reg
+    return log["log_u"], log["log_v"]
+
+
+def pooled_sinkhorn_matrix(embeddings: torch.Tensor, pairs: torch.Tensor,
+                           pools: tuple[torch.Tensor, torch.Tensor], k: int = 10, *,
+                           reg: float = 0.001, iterations: int = 20) -> torch.Tensor:
+    """Log of the Sinkhorn plan over ``pools`` (KG1 rows, KG2 rows), CSLS as gain, at the
+    sources and targets of ``pairs`` ``[P, 2]``: ``[P, P]``, the gold on the diagonal.
+
+    The plan decodes every pooled entity jointly, so its potentials carry the one-to-one
+    evidence of entities the pairs do not name. With the unlabelled entities as pools, that
+    evidence is what a deployed aligner holds too; it does not assume that the test sources
+    and targets match each other one to one, as a plan over the test pairs alone would.
+    """
+    sources, targets = pools
+    rows = _positions(sources, pairs[:, 0], "source")
+    cols = _positions(targets, pairs[:, 1], "target")
+    scores = csls_matrix(embeddings[sources], embeddings[targets], k)
+    log_u, log_v = sinkhorn_potentials(scores, reg=reg, iterations=iterations)
+    return log_u[rows, None] + log_v[None, cols] + scores[rows][:, cols] / reg
+
+
+def _positions(pool: torch.Tensor, rows: torch.Tensor, role: str) -> torch.Tensor:
+    """Index of each of ``rows`` in ``pool`` (ValueError for a row the pool lacks)."""
+    order = pool.argsort()
+    found = torch.searchsorted(pool[order], rows.contiguous()).clamp(max=len(pool) - 1)
+    at = order[found]
+    missing = pool[at] != rows
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} pair {role}s are not in the Sinkhorn pool, "
+                         f"e.g. entity row {int(rows[missing][0])}")
+    return at
 
 
 def similarity_matrix(source: torch.Tensor, target: torch.Tensor, method: Similarity = "csls",
@@ -106,16 +152,23 @@ def ranking_metrics(ranks: torch.Tensor, hits: tuple[int, ...] = (1, 10)) -> dic
 
 def evaluate_pairs(embeddings: torch.Tensor, pairs: torch.Tensor, *,
                    method: Similarity = "csls", k: int = 10, sinkhorn_reg: float = 0.001,
-                   sinkhorn_iterations: int = 20) -> dict[str, dict[str, float]]:
+                   sinkhorn_iterations: int = 20,
+                   pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   ) -> dict[str, dict[str, float]]:
     """Metrics of ``pairs`` (rows ``[P, 2]``) in both directions, ranked among the pairs.
 
+    ``pools`` (KG1 rows, KG2 rows, holding every pair's entities) is where the Sinkhorn
+    ranking's plan is taken (:func:`pooled_sinkhorn_matrix`); without them, over the pairs.
     Returns ``{"kg1_to_kg2": {...}, "kg2_to_kg1": {...}}``; KG1→KG2 is the headline.
     """
     with torch.no_grad():
-        source = embeddings[pairs[:, 0]]
-        target = embeddings[pairs[:, 1]]
-        sim = similarity_matrix(source, target, method, k, sinkhorn_reg=sinkhorn_reg,
-                                sinkhorn_iterations=sinkhorn_iterations)
+        if method == "sinkhorn" and pools is not None:
+            sim = pooled_sinkhorn_matrix(embeddings, pairs, pools, k, reg=sinkhorn_reg,
+                                         iterations=sinkhorn_iterations)
+        else:
+            sim = similarity_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], method, k,
+                                    sinkhorn_reg=sinkhorn_reg,
+                                    sinkhorn_iterations=sinkhorn_iterations)
         return {"kg1_to_kg2": ranking_metrics(gold_ranks(sim)),
                 "kg2_to_kg1": ranking_metrics(gold_ranks(sim.T.contiguous()))}
 

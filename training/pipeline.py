@@ -48,13 +48,15 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
 RANKINGS = ("cosine", "csls", "sinkhorn")
 
 
-def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray,
-                        config: EvalConfig) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics for every ranking (cosine, CSLS, Sinkhorn) and both directions."""
+def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConfig,
+                        pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        ) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics for every ranking (cosine, CSLS, Sinkhorn) and both directions; the Sinkhorn
+    plan is taken over ``pools`` (see ``training.evaluation.evaluate_pairs``)."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
     return {method: evaluate_pairs(joint.cpu(), rows, method=method, k=config.csls_k,
                                    sinkhorn_reg=config.sinkhorn_reg,
-                                   sinkhorn_iterations=config.sinkhorn_iterations)
+                                   sinkhorn_iterations=config.sinkhorn_iterations, pools=pools)
             for method in RANKINGS}
 
 
@@ -77,7 +79,7 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     output = infer(result.model, prepared.inputs.to(device))
     joint = result.joint(output.joint)
     wall_s = time.perf_counter() - start
-    metrics = _metrics(result, joint, split, config, wall_s)
+    metrics = _metrics(result, joint, split, config, wall_s, unlabelled)
     write_checkpoint(
         Path(out_dir),
         config={"config": config.model_dump(mode="json"),
@@ -114,8 +116,11 @@ def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
         config.eval.csls_k = csls_k
     joint = checkpoint.embeddings.joint
     if part != "test":
-        joint = learned_columns(joint, config.model)
-    return evaluate_embeddings(joint, pairs, config.eval)
+        return evaluate_embeddings(learned_columns(joint, config.model), pairs, config.eval)
+    labelled = [row_of[e] for name in ("train", "valid") for pair in checkpoint.split[name]
+                for e in pair]
+    pools = free_rows(np.asarray(checkpoint.entities.kgs), np.array(labelled, dtype=np.int64))
+    return evaluate_embeddings(joint, pairs, config.eval, pools)
 
 
 def learned_columns(joint: torch.Tensor, config: ModelConfig) -> torch.Tensor:
@@ -131,17 +136,24 @@ def unlabelled_rows(data: KGPairData,
                     split: AlignmentSplit) -> tuple[torch.Tensor, torch.Tensor]:
     """KG1 and KG2 rows in no training or validation pair: the pseudo-label candidates, and
     the pools the test and the full-pool validation rank among."""
-    labelled = np.concatenate([split.train.reshape(-1), split.valid.reshape(-1)])
-    free = np.ones(data.num_entities, dtype=bool)
+    return free_rows(data.kgs, np.concatenate([split.train.reshape(-1),
+                                               split.valid.reshape(-1)]))
+
+
+def free_rows(kgs: np.ndarray, labelled: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """KG1 and KG2 rows (``kgs`` holds each entity's KG, 1 or 2) outside ``labelled``."""
+    free = np.ones(len(kgs), dtype=bool)
     free[labelled] = False
-    return (torch.as_tensor(np.flatnonzero(free & (data.kgs == 1))),
-            torch.as_tensor(np.flatnonzero(free & (data.kgs == 2))))
+    return (torch.as_tensor(np.flatnonzero(free & (kgs == 1))),
+            torch.as_tensor(np.flatnonzero(free & (kgs == 2))))
 
 
 def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
-             config: MIMEAConfig, wall_s: float) -> dict[str, Any]:
+             config: MIMEAConfig, wall_s: float,
+             unlabelled: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "test": evaluate_embeddings(joint, split.test, config.eval),
+        "headline": config.eval.headline,
+        "test": evaluate_embeddings(joint, split.test, config.eval, unlabelled),
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "pseudo_pairs": result.pseudo_pairs,
@@ -154,7 +166,8 @@ def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
         metrics["valid"] = evaluate_embeddings(learned_columns(joint, config.model), split.valid,
                                                config.eval)
     if result.base is not None:
-        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, config.eval),
+        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, config.eval,
+                                                       unlabelled),
                            "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,
                            "train_s": result.base.wall_s}
     return metrics

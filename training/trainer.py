@@ -112,7 +112,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 joint, sources, targets, k=config.eval.csls_k,
                 method="sinkhorn" if config.training.pseudo_labels == "sinkhorn" else "csls",
                 agree_with_sinkhorn=config.training.pseudo_labels == "agreement",
-                sinkhorn_reg=config.eval.sinkhorn_reg,
+                sinkhorn_reg=config.training.pseudo_label_reg,
                 sinkhorn_iterations=config.eval.sinkhorn_iterations)
             return {tuple(p) for p in found.tolist()}
 

@@ -14,9 +14,12 @@ from training.evaluation import (
     mean_topk_similarity,
     mutual_nearest_pairs,
     pooled_metrics,
+    pooled_sinkhorn_matrix,
     ranking_metrics,
     similarity_matrix,
+    sinkhorn_log_plan,
     sinkhorn_matrix,
+    sinkhorn_potentials,
     validation_hits1,
 )
 
@@ -239,3 +242,61 @@ def test_pooled_metrics_take_the_hubness_terms_over_the_source_pool() -> None:
     assert validation_hits1(emb, pairs, wrong, k=1) == 0.0
     pooled = pooled_metrics(emb, pairs, wrong, other, k=1)
     assert pooled["hits1"] == 1.0 and pooled["mr"] == 1.0
+
+
+def test_sinkhorn_potentials_rebuild_the_plan() -> None:
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(6, 9, generator=gen)
+    log_u, log_v = sinkhorn_potentials(scores, reg=0.1, iterations=50)
+    torch.testing.assert_close(log_u[:, None] + log_v[None, :] + scores / 0.1,
+                               sinkhorn_log_plan(scores, reg=0.1, iterations=50))
+
+
+def test_pooled_sinkhorn_over_the_pairs_alone_is_the_plain_sinkhorn_ranking() -> None:
+    gen = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(20, 4, generator=gen)
+    pairs = torch.stack([torch.arange(0, 8), torch.arange(19, 11, -1)], dim=1)
+    pooled = pooled_sinkhorn_matrix(embeddings, pairs, (pairs[:, 0], pairs[:, 1]), k=2,
+                                    reg=0.05, iterations=30)
+    torch.testing.assert_close(
+        pooled, sinkhorn_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], 2, reg=0.05,
+                                iterations=30))
+    shuffled = (pairs[[3, 0, 7, 1, 6, 2, 5, 4], 0], pairs[[5, 2, 0, 7, 1, 3, 6, 4], 1])
+    torch.testing.assert_close(pooled_sinkhorn_matrix(embeddings, pairs, shuffled, k=2,
+                                                      reg=0.05, iterations=30), pooled)
+
+
+def test_pooled_sinkhorn_is_the_pool_plan_read_at_the_pairs() -> None:
+    gen = torch.Generator().manual_seed(7)
+    embeddings = torch.randn(30, 5, generator=gen)
+    pairs = torch.stack([torch.arange(0, 10), torch.arange(15, 25)], dim=1)
+    pools = (torch.arange(0, 15), torch.arange(15, 30))
+    pooled = pooled_sinkhorn_matrix(embeddings, pairs, pools, k=2, reg=0.05, iterations=30)
+    plan = sinkhorn_matrix(embeddings[pools[0]], embeddings[pools[1]], 2, reg=0.05,
+                           iterations=30)
+    torch.testing.assert_close(pooled, plan[:10, :10])
+    alone = sinkhorn_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], 2, reg=0.05,
+                            iterations=30)
+    assert not torch.allclose(pooled, alone)  # the unpaired entities move the potentials
+
+
+def test_pooled_sinkhorn_names_an_entity_outside_the_pool() -> None:
+    embeddings = torch.randn(6, 3)
+    with pytest.raises(ValueError, match=r"1 pair targets are not in the Sinkhorn pool, "
+                                         r"e\.g\. entity row 5"):
+        evaluate_pairs(embeddings, torch.tensor([[0, 4], [1, 5]]), method="sinkhorn",
+                       pools=(torch.tensor([0, 1]), torch.tensor([3, 4])))
+
+
+def test_evaluate_pairs_uses_the_pools_for_the_sinkhorn_ranking_only() -> None:
+    gen = torch.Generator().manual_seed(6)
+    embeddings = torch.randn(30, 5, generator=gen)
+    pairs = torch.stack([torch.arange(0, 10), torch.arange(15, 25)], dim=1)
+    pools = (torch.arange(0, 15), torch.arange(15, 30))
+    for method in ("cosine", "csls"):
+        assert evaluate_pairs(embeddings, pairs, method=method, k=2, pools=pools) == \
+            evaluate_pairs(embeddings, pairs, method=method, k=2)
+    sim = pooled_sinkhorn_matrix(embeddings, pairs, pools, k=2)
+    assert evaluate_pairs(embeddings, pairs, method="sinkhorn", k=2, pools=pools) == \
+        {"kg1_to_kg2": ranking_metrics(torch.tensor(_brute_ranks(sim))),
+         "kg2_to_kg1": ranking_metrics(torch.tensor(_brute_ranks(sim.T)))}

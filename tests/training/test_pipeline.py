@@ -50,6 +50,7 @@ def test_metrics_file_matches_returned_metrics(trained_run: TrainedRun) -> None:
     assert set(stored["test"]) == {"cosine", "csls", "sinkhorn"}
     assert set(stored["test"]["csls"]) == DIRECTIONS
     assert set(stored["test"]["csls"]["kg1_to_kg2"]) == METRICS
+    assert stored["headline"] == "sinkhorn"
     assert 1 <= stored["best_epoch"] <= stored["epochs"] == len(stored["history"])
 
 
@@ -58,6 +59,7 @@ def test_test_hits1_well_above_chance(trained_run: TrainedRun) -> None:
     test_pairs = len(load_checkpoint(trained_run.checkpoint).split["test"])
     assert test["csls"]["kg1_to_kg2"]["hits1"] >= MIN_TEST_HITS1 > 50 / test_pairs
     assert test["csls"]["kg2_to_kg1"]["hits1"] >= MIN_TEST_HITS1
+    assert test["sinkhorn"]["kg1_to_kg2"]["hits1"] >= MIN_TEST_HITS1
 
 
 def test_config_saved_in_checkpoint(trained_run: TrainedRun) -> None:
