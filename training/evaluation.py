@@ -187,14 +187,16 @@ def validation_hits1(embeddings: torch.Tensor, pairs: torch.Tensor, distractors:
 def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
                    target_distractors: torch.Tensor,
                    source_distractors: torch.Tensor | None = None, *,
-                   k: int = 10) -> dict[str, float]:
-    """CSLS metrics, KG1→KG2, of ``pairs`` ranked against their targets and
-    ``target_distractors``, the targets' hubness terms taken over the pairs' sources and
-    ``source_distractors``.
+                   k: int = 10, method: Literal["csls", "sinkhorn"] = "csls",
+                   sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
+                   ) -> dict[str, float]:
+    """CSLS (or Sinkhorn) metrics, KG1→KG2, of ``pairs`` ranked against their targets and
+    ``target_distractors``, the targets' hubness terms (or the plan) taken over the pairs'
+    sources and ``source_distractors``.
 
     With every unlabelled entity of both KGs in the pools, a few hundred validation pairs are
-    ranked as the test pairs are, hubness terms included: the setting in which to choose
-    ``eval.csls_k``.
+    ranked as the test pairs are, hubness terms and plan included: the setting in which to
+    choose ``eval.csls_k`` and ``eval.sinkhorn_reg``.
     """
     if source_distractors is None:
         source_distractors = pairs.new_empty(0)
@@ -202,6 +204,9 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
         sources = torch.cat([pairs[:, 0], source_distractors])
         targets = torch.cat([pairs[:, 1], target_distractors])
         sim = similarity_matrix(embeddings[sources], embeddings[targets], "csls", k)
+        if method == "sinkhorn":
+            _, log_v = sinkhorn_potentials(sim, reg=sinkhorn_reg, iterations=sinkhorn_iterations)
+            sim = sim / sinkhorn_reg + log_v[None, :]
         return ranking_metrics(gold_ranks(sim[:len(pairs)]))
 
 

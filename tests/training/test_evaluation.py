@@ -300,3 +300,17 @@ def test_evaluate_pairs_uses_the_pools_for_the_sinkhorn_ranking_only() -> None:
     assert evaluate_pairs(embeddings, pairs, method="sinkhorn", k=2, pools=pools) == \
         {"kg1_to_kg2": ranking_metrics(torch.tensor(_brute_ranks(sim))),
          "kg2_to_kg1": ranking_metrics(torch.tensor(_brute_ranks(sim.T)))}
+
+
+def test_pooled_metrics_sinkhorn_ranks_by_the_plan_over_the_pools() -> None:
+    gen = torch.Generator().manual_seed(8)
+    embeddings = torch.randn(30, 5, generator=gen)
+    pairs = torch.stack([torch.arange(0, 6), torch.arange(15, 21)], dim=1)
+    sources, targets = torch.arange(6, 15), torch.arange(21, 30)
+    metrics = pooled_metrics(embeddings, pairs, targets, sources, k=2, method="sinkhorn",
+                             sinkhorn_reg=0.05, sinkhorn_iterations=30)
+    plan = sinkhorn_matrix(embeddings[torch.cat([pairs[:, 0], sources])],
+                           embeddings[torch.cat([pairs[:, 1], targets])], 2, reg=0.05,
+                           iterations=30)
+    assert metrics == ranking_metrics(torch.tensor(_brute_ranks(plan[:6])))
+    assert metrics != pooled_metrics(embeddings, pairs, targets, sources, k=2)
