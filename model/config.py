@@ -155,8 +155,9 @@ class EvalConfig(_Strict):
 
     csls_k: int = Field(3, ge=1, description="neighbours averaged for CSLS; 2-3 scored best on "
                         "full-pool validation with the propagated labels (BENCHMARKS.md)")
-    sinkhorn_reg: float = Field(0.001, gt=0.0, description="entropy of the Sinkhorn ranking, "
-                                "in CSLS units")
+    sinkhorn_reg: float = Field(0.02, gt=0.0, description="entropy of the Sinkhorn ranking, "
+                                "in CSLS units; 0.02 scored best on full-pool validation "
+                                "(BENCHMARKS.md)")
     sinkhorn_iterations: int = Field(20, ge=1, description="Sinkhorn rounds of that ranking")
     headline: Literal["cosine", "csls", "sinkhorn"] = Field(
         "sinkhorn", description="the ranking whose KG1→KG2 test figures are the run's result; "
