@@ -205,8 +205,7 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
         targets = torch.cat([pairs[:, 1], target_distractors])
         sim = similarity_matrix(embeddings[sources], embeddings[targets], "csls", k)
         if method == "sinkhorn":
-            _, log_v = sinkhorn_potentials(sim, reg=sinkhorn_reg, iterations=sinkhorn_iterations)
-            sim = sim / sinkhorn_reg + log_v[None, :]
+            sim = sinkhorn_log_plan(sim, reg=sinkhorn_reg, iterations=sinkhorn_iterations)
         return ranking_metrics(gold_ranks(sim[:len(pairs)]))
 
 
