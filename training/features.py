@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MIN_NUMERIC_COUNT = 5  # entities needed before an attribute's values are worth standardising
 LOG_SCALE_RATIO = 100.0  # max|x| / median|x| above which values are log-compressed first
+HUGE_VALUE = 1e100  # values are rescaled before standardising beyond this, so it cannot overflow
 _DATE = re.compile(r"^(-?\d{1,4})-(\d{1,2})(?:-(\d{1,2}))?(?:$|[T\s])")
 
 
@@ -75,7 +76,11 @@ def local_name(attribute: str) -> str:
 
 
 def parse_number(value: str) -> float | None:
-    """A float from a literal, dates as year + fraction of the year; None if not numeric."""
+    """A float from a literal, dates as year + fraction of the year; None if not numeric.
+
+    ``nan``, ``inf`` and overflowing literals (``1e400``) count as not numeric: one of them
+    would turn a whole value column into NaN.
+    """
     text = value.strip()
     if "^^" in text:
         text = text[: text.index("^^")]
@@ -215,8 +220,11 @@ def _numeric_columns(data: KGPairData, column_of: dict[str, int],
         rows = np.fromiter(values[name].keys(), np.int64, len(values[name]))
         x = np.fromiter(values[name].values(), np.float64, len(values[name]))
         magnitude = np.abs(x)
-        if magnitude.max() > LOG_SCALE_RATIO * (np.median(magnitude) + 1e-9):
+        if magnitude.max() / LOG_SCALE_RATIO > np.median(magnitude) + 1e-9:
             x = np.sign(x) * np.log1p(magnitude)  # heavy tails (population, budget)
+        scale = np.abs(x).max()
+        if scale > HUGE_VALUE:  # z-scores do not depend on the scale, and std() squares values
+            x = x / scale
         std = x.std()
         z = (x - x.mean()) / (std if std > 0 else 1.0)
         matrix[rows, col] = np.clip(z, -3.0, 3.0)

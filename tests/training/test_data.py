@@ -93,8 +93,8 @@ def test_missing_required_file_is_named(write_pair: PairWriter, file: str) -> No
 
 
 def test_ref_ent_ids_used_when_ill_ent_ids_absent(write_pair: PairWriter) -> None:
-    data = load_kg_pair(write_pair(ill_ent_ids=None, ref_ent_ids="1\t11\n"))
-    assert data.gold.tolist() == [[1, 5]]
+    data = load_kg_pair(write_pair(ill_ent_ids=None, ref_ent_ids="1\t11\n2\t12\n"))
+    assert data.gold.tolist() == [[1, 5], [2, 6]]
 
 
 def test_invalid_utf8_names_line(write_pair: PairWriter) -> None:
@@ -113,11 +113,15 @@ def test_unknown_attribute_uris_are_counted_warnings(write_pair: PairWriter) -> 
     assert any("attr_triples_1: 1 lines name an undeclared" in w for w in data.warnings)
 
 
-def test_gold_duplicates_are_counted_warnings(write_pair: PairWriter) -> None:
-    data = load_kg_pair(write_pair(ill_ent_ids="0\t10\n1\t10\n2\t12\n2\t12\n"))
-    assert len(data.gold) == 4  # rows are kept
-    assert "pair/ill_ent_ids: 1 duplicate gold pairs" in data.warnings
-    assert "pair/ill_ent_ids: 1 KG2 entities appear in more than one gold pair" in data.warnings
+def test_gold_is_made_one_to_one_first_pair_kept(write_pair: PairWriter) -> None:
+    # line 2 reuses KG2 entity 10, line 4 repeats line 3, line 5 reuses KG1 entity 2
+    data = load_kg_pair(write_pair(ill_ent_ids="0\t10\n1\t10\n2\t12\n2\t12\n2\t11\n"
+                                               "1\t11\n"))
+    assert data.gold.tolist() == [[0, 4], [2, 6], [1, 5]]
+    assert data.warnings == [
+        "pair/ill_ent_ids: 1 duplicate gold lines dropped (first: line 4)",
+        "pair/ill_ent_ids: 2 gold pairs reuse an entity of an earlier pair and were dropped, "
+        "the earlier pair kept (first: line 2)"]
 
 
 def test_attribute_names_come_from_attr_triples_when_names_file_absent(

@@ -61,3 +61,28 @@ def test_bad_ratios_rejected(kwargs: dict[str, float], message: str) -> None:
 def test_bad_shape_rejected() -> None:
     with pytest.raises(ValueError, match=r"\[P, 2\]"):
         split_pairs(np.zeros((4, 3), np.int64))
+
+
+def test_repeated_rows_are_dropped_first_kept() -> None:
+    gold = np.concatenate([GOLD[:10], GOLD[3:5], GOLD[10:20]])
+    split = split_pairs(gold, train_ratio=0.5, valid_fraction=0.0, seed=2)
+    parts = [_as_set(split.train), _as_set(split.test)]
+    assert len(split.train) + len(split.test) == 20
+    assert not parts[0] & parts[1] and set.union(*parts) == _as_set(GOLD[:20])
+    # without repeats the split is the one the distinct pairs give
+    plain = split_pairs(GOLD[:20], train_ratio=0.5, valid_fraction=0.0, seed=2)
+    np.testing.assert_array_equal(split.train, plain.train)
+
+
+@pytest.mark.parametrize(("pairs", "train_ratio", "message"),
+                         [(0, 0.3, "0 distinct gold pairs leave no training and no test pair"),
+                          (1, 0.3, "1 distinct gold pairs leave no training pair"),
+                          (2, 0.2, "leave no training pair at train_ratio 0.2"),
+                          (2, 0.8, "2 distinct gold pairs leave no test pair")])
+def test_empty_part_rejected(pairs: int, train_ratio: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        split_pairs(GOLD[:pairs], train_ratio=train_ratio)
+
+
+def test_two_pairs_are_enough_at_the_default_ratio() -> None:
+    assert split_pairs(GOLD[:2]).sizes() == {"train": 1, "valid": 0, "test": 1}
