@@ -11,6 +11,7 @@ import typer
 
 from model.checkpoint import CheckpointError
 from model.config import ConfigError, MIMEAConfig, load_config
+from model.finite import NonFiniteError
 from training.data import DataError
 
 Opt = typer.Option
@@ -23,9 +24,14 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-def _fail(message: str) -> typer.Exit:
+BAD_INPUT = 2  # bad data, configuration, checkpoint or usage: fix the input and rerun
+RUNTIME_FAILURE = 1  # the input was accepted but the run failed (diverged, disk full, ...)
+
+
+def _fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
+    """Print one ``error:`` line (never a traceback) and return the exit to raise."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
 def demo_data(
@@ -74,8 +80,12 @@ def train(
     try:
         metrics = run_training(data, out, cfg, visual=visual, allow_pickle=allow_pickle,
                                progress=not quiet)
-    except (DataError, ValueError, OSError) as exc:
+    except NonFiniteError as exc:
+        raise _fail(str(exc), RUNTIME_FAILURE) from exc
+    except (DataError, CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(str(exc), RUNTIME_FAILURE) from exc
     typer.echo(f"checkpoint written to {out} ({metrics['epochs']} epochs, "
                f"{metrics['wall_s']:.0f} s)")
     typer.echo(format_table(metrics["test"]))
@@ -91,8 +101,10 @@ def evaluate(
 
     try:
         metrics = evaluate_checkpoint(checkpoint, part=part)
-    except (CheckpointError, ValueError, KeyError) as exc:
+    except (CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(str(exc), RUNTIME_FAILURE) from exc
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
 
 

@@ -14,6 +14,8 @@ import ot
 import torch
 import torch.nn.functional as F
 
+from model.finite import require_finite
+
 Similarity = Literal["cosine", "csls", "sinkhorn"]
 CHUNK = 4096
 
@@ -128,21 +130,27 @@ def similarity_matrix(source: torch.Tensor, target: torch.Tensor, method: Simila
 
 
 def gold_ranks(sim: torch.Tensor) -> torch.Tensor:
-    """1-based rank of the diagonal entry in each row (ties count against the gold).
+    """1-based rank of the diagonal entry in each row; ties count against the gold.
 
-    Columns past the square part are distractors: targets that are nobody's gold.
+    Columns past the square part are distractors: targets that are nobody's gold. Both rules
+    keep a broken model from looking perfect: a collapsed embedding (every score equal) ranks
+    each gold last, not first, and a NaN or infinite score raises
+    :class:`~model.finite.NonFiniteError` (compared with ``>``, a NaN would rank first).
     """
     gold = sim.diagonal()[:, None]
     ranks = torch.empty(sim.shape[0], dtype=torch.long)
     for start in range(0, sim.shape[0], CHUNK):
         block = sim[start:start + CHUNK]
-        above = (block > gold[start:start + CHUNK]).sum(dim=1)
-        ranks[start:start + CHUNK] = above.cpu() + 1
+        require_finite(block, f"the similarity scores of rows {start}..{start + len(block) - 1}")
+        at_least = (block >= gold[start:start + CHUNK]).sum(dim=1)  # the gold counts itself
+        ranks[start:start + CHUNK] = at_least.cpu()
     return ranks
 
 
 def ranking_metrics(ranks: torch.Tensor, hits: tuple[int, ...] = (1, 10)) -> dict[str, float]:
-    """Hits@k, MRR and MR from 1-based ranks."""
+    """Hits@k, MRR and MR from 1-based ranks (ValueError for none: a mean of nothing is NaN)."""
+    if len(ranks) == 0:
+        raise ValueError("no pairs to rank")
     ranks = ranks.double()
     metrics = {f"hits{k}": float((ranks <= k).double().mean()) for k in hits}
     metrics["mrr"] = float((1.0 / ranks).mean())
@@ -161,6 +169,7 @@ def evaluate_pairs(embeddings: torch.Tensor, pairs: torch.Tensor, *,
     ranking's plan is taken (:func:`pooled_sinkhorn_matrix`); without them, over the pairs.
     Returns ``{"kg1_to_kg2": {...}, "kg2_to_kg1": {...}}``; KG1→KG2 is the headline.
     """
+    require_finite(embeddings, "the joint embedding")
     with torch.no_grad():
         if method == "sinkhorn" and pools is not None:
             sim = pooled_sinkhorn_matrix(embeddings, pairs, pools, k, reg=sinkhorn_reg,
@@ -198,6 +207,7 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
     ranked as the test pairs are, hubness terms and plan included: the setting in which to
     choose ``eval.csls_k`` and ``eval.sinkhorn_reg``.
     """
+    require_finite(embeddings, "the joint embedding")
     if source_distractors is None:
         source_distractors = pairs.new_empty(0)
     with torch.no_grad():
@@ -219,6 +229,7 @@ def mutual_nearest_pairs(embeddings: torch.Tensor, sources: torch.Tensor, target
     Sinkhorn plan over the same scores: a one-to-one decoding of every candidate at once must
     pick them too.
     """
+    require_finite(embeddings, "the joint embedding")
     with torch.no_grad():
         sim = similarity_matrix(embeddings[sources], embeddings[targets], method, k,
                                 sinkhorn_reg=sinkhorn_reg, sinkhorn_iterations=sinkhorn_iterations)

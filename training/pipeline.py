@@ -12,9 +12,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
+from model.checkpoint import (
+    ENTITIES_FILE,
+    SPLIT_FILE,
+    Checkpoint,
+    CheckpointError,
+    EmbeddingTables,
+    EntityTable,
+    load_checkpoint,
+    write_checkpoint,
+)
 from model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_config
 from model.device import resolve_device
+from model.finite import require_finite
 from model.mimea import GraphInputs
 from training.data import KGPairData, load_kg_pair
 from training.evaluation import evaluate_pairs
@@ -40,6 +50,8 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
                              attribute_top_k=config.data.attribute_top_k,
                              use_attribute_values=config.data.use_attribute_values)
     inputs = build_modal_inputs(data, options)
+    for name, features in inputs.features.items():
+        require_finite(features, f"the {name} features built from {data_dir}")
     split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
                         valid_fraction=config.data.valid_fraction, seed=config.training.seed)
     return PreparedData(data=data, inputs=inputs, split=split)
@@ -101,26 +113,55 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     return metrics
 
 
+SPLIT_PARTS = ("train", "valid", "test")
+
+
 def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
                         csls_k: int | None = None) -> dict[str, Any]:
     """Recompute metrics of a checkpoint's saved joint embeddings on its own split."""
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"unknown split part {part!r}; use train, valid or test")
     checkpoint = load_checkpoint(Path(checkpoint_dir))
-    if part not in ("train", "valid", "test"):
-        raise ValueError(f"unknown split part {part!r}")
-    row_of = {ent_id: row for row, ent_id in enumerate(checkpoint.entities.ids)}
-    pairs = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split[part]], dtype=np.int64)
+    split = {name: split_rows(checkpoint, name) for name in SPLIT_PARTS}
+    pairs = split[part]
     if len(pairs) == 0:
-        raise ValueError(f"checkpoint {checkpoint_dir} has no {part} pairs")
+        raise CheckpointError(f"checkpoint {checkpoint_dir} has no {part} pairs")
     config = saved_config(checkpoint.config["config"])
     if csls_k:
         config.eval.csls_k = csls_k
     joint = checkpoint.embeddings.joint
     if part != "test":
         return evaluate_embeddings(learned_columns(joint, config.model), pairs, config.eval)
-    labelled = [row_of[e] for name in ("train", "valid") for pair in checkpoint.split[name]
-                for e in pair]
-    pools = free_rows(np.asarray(checkpoint.entities.kgs), np.array(labelled, dtype=np.int64))
+    labelled = np.concatenate([split["train"].reshape(-1), split["valid"].reshape(-1)])
+    pools = free_rows(np.asarray(checkpoint.entities.kgs), labelled)
     return evaluate_embeddings(joint, pairs, config.eval, pools)
+
+
+def split_rows(checkpoint: Checkpoint, part: str) -> np.ndarray:
+    """The entity rows ``[P, 2]`` of one part of ``split.json``, each pair checked to name a
+    KG1 then a KG2 entity of the checkpoint (CheckpointError naming the pair otherwise)."""
+    where = f"{checkpoint.path / SPLIT_FILE}"
+    pairs = checkpoint.split.get(part)
+    if not isinstance(pairs, list):
+        raise CheckpointError(f"{where}: {part!r} must be a list of [kg1 id, kg2 id] pairs")
+    ents = checkpoint.entities
+    row_of = {ent_id: row for row, ent_id in enumerate(ents.ids)}
+    rows = np.empty((len(pairs), 2), dtype=np.int64)
+    for i, pair in enumerate(pairs):
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(type(e) is int for e in pair)):
+            raise CheckpointError(f"{where}: {part} pair {i} is {str(pair)[:60]}, not "
+                                  f"[kg1 id, kg2 id]")
+        for col, ent_id in enumerate(pair):
+            row = row_of.get(ent_id)
+            if row is None:
+                raise CheckpointError(f"{where}: {part} pair {i} names entity id {ent_id}, "
+                                      f"which is not in {ENTITIES_FILE}")
+            if ents.kgs[row] != col + 1:
+                raise CheckpointError(f"{where}: {part} pair {i} names entity id {ent_id} of "
+                                      f"KG{ents.kgs[row]} in column {col + 1}")
+            rows[i, col] = row
+    return rows
 
 
 def learned_columns(joint: torch.Tensor, config: ModelConfig) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model.config import MIMEAConfig, TrainingConfig
+from model.finite import NonFiniteError, require_finite
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from model.objective import alignment_objective
 from model.propagation import propagate_seed_labels, with_propagation
@@ -87,6 +88,9 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     entities eligible for pseudo-labels (required when ``config.training.iterative``) and, for
     KG2, distractors in validation.
     """
+    if len(train_pairs) == 0:
+        raise ValueError("no training pairs: the seed share of the gold alignment is empty; "
+                         "raise data.train_ratio or provide more gold pairs")
     start = time.perf_counter()
     seed_everything(config.training.seed)
     # The LogSumExp loss's softmax leaves most of its [B, N] gradient below float32's normal
@@ -284,6 +288,7 @@ class _Run:
             batch = pairs[order[start:start + self.config.training.batch_size]]
             terms = alignment_objective(self.model, self.inputs, batch[:, 0], batch[:, 1],
                                         self.config.loss)
+            self._require_finite_losses(terms, batches)
             self.optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             self.optimizer.step()
@@ -292,12 +297,26 @@ class _Run:
             batches += 1
         return {key: value / max(batches, 1) for key, value in sums.items()}
 
+    def _require_finite_losses(self, terms: dict[str, torch.Tensor], batch: int) -> None:
+        """Stop the run at the first NaN or infinite loss: the optimiser step would spread it
+        into every parameter, and later scores would be meaningless."""
+        for name, value in terms.items():
+            if not bool(torch.isfinite(value.detach()).all()):
+                raise NonFiniteError(
+                    f"training diverged at epoch {self.epoch}, batch {batch + 1}: the loss term "
+                    f"{name!r} is {float(value.detach())}; check the input features for extreme "
+                    f"values or lower training.lr")
+
     def _validate(self) -> float:
         if len(self.valid_pairs) == 0:
             return 0.0
         # The learned embedding alone: the propagated labels lift every epoch's score alike,
         # so with them an early epoch's plateau can outlast the patience (on FB15K-DB15K
         # training stopped at epoch 8 of 60 that way).
-        return validation_hits1(infer(self.model, self.inputs).joint, self.valid_pairs,
-                                self.distractors,
+        joint = infer(self.model, self.inputs).joint
+        try:
+            require_finite(joint, "the joint embedding")
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"training diverged at epoch {self.epoch}: {exc}") from None
+        return validation_hits1(joint, self.valid_pairs, self.distractors,
                                 k=self.config.eval.csls_k)

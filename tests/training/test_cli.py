@@ -8,11 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
 from mimea_cli import app
-from model.checkpoint import EMBEDDINGS_FILE, ENTITIES_FILE, load_checkpoint
+from model.checkpoint import (
+    EMBEDDINGS_FILE,
+    ENTITIES_FILE,
+    EmbeddingTables,
+    load_checkpoint,
+    write_checkpoint,
+)
 
 PairWriter = Callable[..., Path]
 runner = CliRunner()
@@ -179,3 +186,62 @@ def test_evaluate_broken_checkpoint(how: str, fragment: str, cli_checkpoint: Pat
 def test_evaluate_unknown_part(cli_checkpoint: Path) -> None:
     result = invoke("evaluate", "--checkpoint", cli_checkpoint, "--part", "holdout")
     assert_clean_failure(result, "holdout")
+
+
+def _rewritten(source: Path, out: Path, *, split: dict | None = None,
+               joint: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+    """``source`` written anew (a valid manifest) with its split or joint embedding changed."""
+    ckpt = load_checkpoint(source, with_weights=True)
+    emb = ckpt.embeddings
+    tables = EmbeddingTables(joint=joint(emb.joint.clone()) if joint else emb.joint,
+                             modalities=emb.modalities, fusion_weights=emb.fusion_weights,
+                             mask=emb.mask)
+    config = {k: v for k, v in ckpt.config.items()
+              if k not in ("format_version", "model_version", "embedding_dims", "files")}
+    write_checkpoint(out, config=config, weights=ckpt.weights, embeddings=tables,
+                     entities=ckpt.entities, split=split or ckpt.split, metrics=ckpt.metrics)
+    return out
+
+
+def _with_nan(joint: torch.Tensor) -> torch.Tensor:
+    joint[3, 0] = float("nan")
+    return joint
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    ({"test": [[999999, 0]]}, ["split.json", "999999", "not in entities.tsv"]),
+    ({"test": None}, ["split.json", "'test' must be a list"]),
+    ({"test": [[1, 2, 3]]}, ["split.json", "test pair 0"]),
+    ({"test": "swap"}, ["split.json", "of KG2 in column 1"]),
+])
+def test_evaluate_bad_split_is_one_line(change: dict, fragments: list[str], cli_checkpoint: Path,
+                                        tmp_path: Path) -> None:
+    split = dict(load_checkpoint(cli_checkpoint).split)
+    if change["test"] == "swap":
+        split["test"] = [[b, a] for a, b in split["test"]]
+    else:
+        split.update(change)
+    result = invoke("evaluate", "--checkpoint", _rewritten(cli_checkpoint, tmp_path / "c",
+                                                           split=split))
+    assert_clean_failure(result, *fragments)
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_refuses_a_nan_embedding(cli_checkpoint: Path, tmp_path: Path) -> None:
+    # A NaN once made every rank 1 and printed Hits@1 = MRR = 1.0 with exit status 0.
+    try:
+        broken = _rewritten(cli_checkpoint, tmp_path / "c", joint=_with_nan)
+    except ValueError as exc:  # refused as early as writing: as good
+        assert "NaN" in str(exc)
+        return
+    result = invoke("evaluate", "--checkpoint", broken)
+    assert_clean_failure(result, "NaN")
+    assert "1.0000" not in result.output
+
+
+def test_evaluate_collapsed_embedding_scores_zero(cli_checkpoint: Path, tmp_path: Path) -> None:
+    collapsed = _rewritten(cli_checkpoint, tmp_path / "c", joint=torch.ones_like)
+    result = invoke("evaluate", "--checkpoint", collapsed, "--json")
+    assert result.exit_code == 0, result.output
+    for ranking in json.loads(result.stdout).values():
+        assert ranking["kg1_to_kg2"]["hits1"] == 0.0

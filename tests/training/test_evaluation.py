@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.finite import NonFiniteError
 from training import evaluation
 from training.evaluation import (
     cosine_matrix,
@@ -25,7 +26,7 @@ from training.evaluation import (
 
 
 def _brute_ranks(sim: torch.Tensor) -> list[int]:
-    return [1 + sum(1 for j in range(sim.shape[1]) if sim[i, j] > sim[i, i])
+    return [1 + sum(1 for j in range(sim.shape[1]) if j != i and sim[i, j] >= sim[i, i])
             for i in range(sim.shape[0])]
 
 
@@ -55,16 +56,17 @@ def test_known_ranks() -> None:
 
 def test_permutation_of_identity() -> None:
     perm = torch.tensor([2, 0, 1, 3])
-    sim = torch.eye(4)[perm]  # row i is most similar to column perm[i]
+    sim = torch.eye(4)[perm] + 0.5 * torch.eye(4)  # row i: best column perm[i], then its gold
     assert gold_ranks(sim).tolist() == [2, 2, 2, 1]
     assert ranking_metrics(gold_ranks(sim))["hits1"] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("n", [2, 6])
 def test_ties_count_against_the_gold(n: int) -> None:
-    assert gold_ranks(torch.ones(n, n)).tolist() == [1] * n
-    sim = torch.zeros(n, n)
-    sim[:, 0] = 1.0  # a hub ties with the gold of row 0 and beats every other gold
+    # A collapsed embedding scores every pair alike: each gold ties with every column.
+    assert gold_ranks(torch.ones(n, n)).tolist() == [n] * n
+    sim = torch.eye(n)
+    sim[:, 0] = 1.0  # a hub ties with every gold: it ranks them second, row 0's first
     assert gold_ranks(sim).tolist() == [1] + [2] * (n - 1)
 
 
@@ -314,3 +316,36 @@ def test_pooled_metrics_sinkhorn_ranks_by_the_plan_over_the_pools() -> None:
                            iterations=30)
     assert metrics == ranking_metrics(torch.tensor(_brute_ranks(plan[:6])))
     assert metrics != pooled_metrics(embeddings, pairs, targets, sources, k=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_raise_instead_of_ranking_first(bad: float) -> None:
+    sim = torch.eye(6)
+    sim[3, 1] = bad
+    with pytest.raises(NonFiniteError, match=r"rows 0\.\.5"):
+        gold_ranks(sim)
+
+
+@pytest.mark.parametrize("method", ["cosine", "csls", "sinkhorn"])
+def test_nan_embedding_is_refused_by_every_ranking(method: str) -> None:
+    emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    emb[2, 1] = float("nan")
+    pairs = torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]])
+    with pytest.raises(NonFiniteError, match=r"joint embedding holds NaN \(first at row 2"):
+        evaluate_pairs(emb, pairs, method=method, k=2)
+    with pytest.raises(NonFiniteError):
+        pooled_metrics(emb, pairs, torch.empty(0, dtype=torch.long), k=2)
+    with pytest.raises(NonFiniteError):
+        mutual_nearest_pairs(emb, pairs[:, 0], pairs[:, 1], k=2)
+
+
+def test_collapsed_embedding_ranks_last_not_first() -> None:
+    emb = torch.ones(10, 3)
+    pairs = torch.stack([torch.arange(5), torch.arange(5, 10)], dim=1)
+    metrics = evaluate_pairs(emb, pairs, method="cosine")["kg1_to_kg2"]
+    assert metrics["hits1"] == 0.0 and metrics["mr"] == 5.0
+
+
+def test_no_pairs_is_an_error_not_nan() -> None:
+    with pytest.raises(ValueError, match="no pairs"):
+        ranking_metrics(torch.empty(0, dtype=torch.long))

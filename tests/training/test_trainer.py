@@ -10,6 +10,7 @@ import torch
 
 from model.config import MIMEAConfig, load_config
 from model.device import resolve_device
+from model.finite import NonFiniteError
 from training import trainer as trainer_module
 from training.pipeline import PreparedData, prepare
 from training.trainer import TrainResult, train_model
@@ -268,3 +269,23 @@ def test_constant_schedule_keeps_the_lr(synthetic_dir: Path, tiny_overrides: lis
     records: list[dict[str, float]] = []
     _train(prepare(synthetic_dir, config), config, on_epoch=records.append)
     assert [r["lr"] for r in records] == [0.01] * 3
+
+
+def test_diverging_run_stops_with_a_clear_error(synthetic_dir: Path,
+                                                tiny_overrides: list[str]) -> None:
+    # A step size that blows the weights up makes the loss NaN within two epochs; the run
+    # must stop naming the epoch, not select a NaN epoch as the best (every NaN rank was 1).
+    config = _config(tiny_overrides, "training.epochs=4", "training.lr=1e30")
+    data = prepare(synthetic_dir, config)
+    with pytest.raises(NonFiniteError, match=r"training diverged at epoch \d"):
+        _train(data, config)
+
+
+def test_no_training_pairs_is_a_clear_error(synthetic_dir: Path,
+                                            tiny_overrides: list[str]) -> None:
+    config = _config(tiny_overrides)
+    data = prepare(synthetic_dir, config)
+    with pytest.raises(ValueError, match="no training pairs"):
+        train_model(config, data.inputs, torch.empty((0, 2), dtype=torch.long),
+                    torch.as_tensor(data.split.valid), device=torch.device("cpu"),
+                    progress=False)
