@@ -1,29 +1,48 @@
 """The checkpoint directory: the one contract between training and the service.
 
-A checkpoint is a directory holding only data formats that load without running code::
+A checkpoint holds only data formats that load without running code::
 
-    config.json             format version, model version (content hash), model config,
-                            data description, modality order, embedding sizes
+    config.json             format version, model version, manifest ("files"), model config
+                            ("config"), data description, modality order, embedding sizes
     weights.safetensors     the network's state dict
     embeddings.safetensors  "joint" [N, D], "modality.<name>" [N, d_m] per modality,
                             "fusion_weights" [N, M], "mask" [N, M] (bool), M = len(modalities)
     entities.tsv            header ``id<TAB>kg<TAB>uri``; row i describes embedding row i;
-                            kg is 1 or 2; KG1's rows come first
+                            kg is 1 or 2; ids fit int64; URIs obey model.identifiers
     split.json              train ratio, seed, and the train/valid/test pairs as entity ids
     metrics.json            valid and test metrics, epochs, wall time
 
-Writing goes to a sibling temporary directory that is renamed into place, so a crash never
-leaves a half-written checkpoint where a reader would find it.
+Integrity (format 2). ``config.json["files"]`` is a manifest ``{name: {"bytes", "sha256"}}`` of
+every other file, and ``model_version`` is the first 16 hex digits of the SHA-256 of the
+canonical JSON of ``config.json`` without ``model_version`` (so it covers the manifest).
+Loading checks the model version against its manifest, every file's size and, unless
+``verify=False``, its digest: a truncated, replaced or hand-edited checkpoint is refused instead
+of being served. Format 1 checkpoints (no manifest) still load, unverified, with a warning.
+
+Layout. ``write_checkpoint(out)`` writes a hidden sibling ``.out.tmp-<token>``, renames it to
+``.out.v-<model_version>-<token>`` (immutable from then on) and points ``out``, a relative
+symlink, at it by ``os.replace`` of a temporary symlink, so ``out/<file>`` keeps working for
+every reader. A format 1 checkpoint written as a real directory at ``out`` is moved aside to
+``.out.v-legacy-<token>`` just before the switch. The previous version is kept (a reader may
+still be reading it) and older ones are deleted. One writer at a time per ``out``.
+
+A loader resolves ``out`` once and reads every file from that directory, so it never mixes two
+checkpoints; when the checkpoint is replaced while it is being read (its directory deleted, or
+a format 1 directory moved aside), it reads the new one instead. Directories are 0755 and files
+0644, so a service running as another user can read them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +51,31 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+from model.identifiers import identifier_problem, strip_bom
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 ENTITIES_FILE = "entities.tsv"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
-REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMBEDDINGS_FILE, ENTITIES_FILE, SPLIT_FILE,
-                  METRICS_FILE)
+DATA_FILES = (WEIGHTS_FILE, EMBEDDINGS_FILE, ENTITIES_FILE, SPLIT_FILE, METRICS_FILE)
+REQUIRED_FILES = (CONFIG_FILE, *DATA_FILES)
+GENERATED_KEYS = ("format_version", "model_version", "embedding_dims", "files")
+ENTITIES_HEADER = "id\tkg\turi"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_CSLS_K = 100
+# A trained model's embeddings are O(1); values beyond this come from a diverged run.
+MAX_ABS_EMBEDDING = 1e6
+READ_ATTEMPTS = 5
+MIGRATION_WAIT_S = 0.01
+DIR_MODE, FILE_MODE = 0o755, 0o644
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ENTITY_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 class CheckpointError(ValueError):
@@ -90,6 +125,9 @@ class Checkpoint:
         return list(self.config["modalities"])
 
 
+# ------------------------------------------------------------------------------------ writing
+
+
 def write_checkpoint(
     path: Path,
     *,
@@ -100,84 +138,105 @@ def write_checkpoint(
     split: Mapping[str, Any],
     metrics: Mapping[str, Any],
 ) -> str:
-    """Write a checkpoint directory atomically and return its model version.
+    """Write a checkpoint atomically (see the module docstring) and return its model version.
 
     ``config`` must contain ``modalities`` (the order of the columns of ``fusion_weights`` and
-    ``mask``); ``format_version``, ``model_version`` and ``embedding_dims`` are added here.
+    ``mask``); the keys in ``GENERATED_KEYS`` are computed here. The loader's rules are applied
+    before anything is written, so whatever is written can be loaded.
     """
     path = Path(path)
-    modalities = list(config["modalities"])
-    tensors = _embedding_tensors(embeddings)
-    _check_consistency(entities, embeddings, modalities, source=path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir())
-                          and not (path / CONFIG_FILE).is_file()):
-        raise CheckpointError(f"{path} exists and is not a checkpoint; refusing to replace it")
+    config = {k: v for k, v in config.items() if k not in GENERATED_KEYS}
+    _check_model_config(config, where=f"checkpoint {path}: config")
+    _check_entities(entities, source=path)
+    _check_consistency(entities, embeddings, list(config["modalities"]), source=path)
+    _refuse_foreign(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    token = tmp.name.rsplit("-", 1)[1]
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
-                  tmp / WEIGHTS_FILE)
-        save_file(tensors, tmp / EMBEDDINGS_FILE)
-        _write_entities(tmp / ENTITIES_FILE, entities)
-        _write_json(tmp / SPLIT_FILE, dict(split))
-        _write_json(tmp / METRICS_FILE, dict(metrics))
-        _write_json(tmp / CONFIG_FILE, dict(config))
-        version = _content_hash(tmp)
-        full_config = {
-            **dict(config),
-            "format_version": FORMAT_VERSION,
-            "model_version": version,
-            "embedding_dims": {"joint": int(embeddings.joint.shape[1]),
-                               **{m: int(t.shape[1]) for m, t in embeddings.modalities.items()}},
-        }
-        _write_json(tmp / CONFIG_FILE, full_config)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        version = _write_files(tmp, config, weights, embeddings, entities, split, metrics)
+        final = tmp.rename(path.parent / f".{path.name}.v-{version}-{token}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    previous = _switch(path, final, token)
+    _remove_old_versions(path, keep=(final, previous))
     return version
 
 
-def load_checkpoint(path: Path, *, with_weights: bool = False) -> Checkpoint:
-    """Read and validate a checkpoint directory; raise CheckpointError naming what is wrong."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}")
-    config = _read_json(path / CONFIG_FILE)
-    if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path / CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
-            f"{FORMAT_VERSION}")
-    for key in ("model_version", "modalities"):
-        if key not in config:
-            raise CheckpointError(f"{path / CONFIG_FILE}: missing key {key!r}")
-    modalities = list(config["modalities"])
-    tensors = _read_safetensors(path / EMBEDDINGS_FILE)
-    for key in ("joint", "fusion_weights", "mask", *(f"modality.{m}" for m in modalities)):
-        if key not in tensors:
-            raise CheckpointError(f"{path / EMBEDDINGS_FILE}: missing tensor {key!r}")
-    embeddings = EmbeddingTables(
-        joint=tensors["joint"].float(),
-        modalities={m: tensors[f"modality.{m}"].float() for m in modalities},
-        fusion_weights=tensors["fusion_weights"].float(),
-        mask=tensors["mask"].bool(),
-    )
-    entities = _read_entities(path / ENTITIES_FILE)
-    _check_consistency(entities, embeddings, modalities, source=path)
-    weights = _read_safetensors(path / WEIGHTS_FILE) if with_weights else {}
-    return Checkpoint(path=path, config=config, entities=entities, embeddings=embeddings,
-                      split=_read_json(path / SPLIT_FILE), metrics=_read_json(path / METRICS_FILE),
-                      weights=weights)
+def _refuse_foreign(path: Path) -> None:
+    """`mimea train --out DIR` must not delete an unrelated DIR (or file) of the user's."""
+    if path.is_file() or (path.is_dir() and any(path.iterdir())
+                          and not (path / CONFIG_FILE).is_file()):
+        raise CheckpointError(f"{path} exists and is not a checkpoint; refusing to replace it")
+
+
+def _write_files(directory: Path, config: dict[str, Any], weights: Mapping[str, torch.Tensor],
+                 embeddings: EmbeddingTables, entities: EntityTable, split: Mapping[str, Any],
+                 metrics: Mapping[str, Any]) -> str:
+    """Fill ``directory``; return the model version recorded in its config.json."""
+    directory.chmod(DIR_MODE)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
+              directory / WEIGHTS_FILE)
+    save_file(_embedding_tensors(embeddings), directory / EMBEDDINGS_FILE)
+    _write_entities(directory / ENTITIES_FILE, entities)
+    _write_json(directory / SPLIT_FILE, dict(split))
+    _write_json(directory / METRICS_FILE, dict(metrics))
+    full = {
+        **config,
+        "format_version": FORMAT_VERSION,
+        "embedding_dims": {"joint": int(embeddings.joint.shape[1]),
+                           **{m: int(t.shape[1]) for m, t in embeddings.modalities.items()}},
+        "files": {name: _file_entry(directory / name) for name in DATA_FILES},
+    }
+    full = json.loads(json.dumps(full))  # hash exactly what a reader will parse
+    full["model_version"] = _version_of(full)
+    _write_json(directory / CONFIG_FILE, full)
+    for name in REQUIRED_FILES:
+        (directory / name).chmod(FILE_MODE)
+    return str(full["model_version"])
+
+
+def _switch(path: Path, final: Path, token: str) -> Path | None:
+    """Point ``path`` at ``final`` atomically; return the directory it pointed at before.
+
+    A real directory at ``path`` (format 1 layout) cannot be replaced by a symlink in one step:
+    an empty one is removed, a checkpoint is moved aside to a versioned sibling just before the
+    switch (a reader starting in that instant finds ``path`` missing and looks again).
+    """
+    link = path.parent / f".{path.name}.link-{token}"
+    moved = None
+    try:
+        os.symlink(final.name, link)
+        previous = path.resolve() if path.is_symlink() else None
+        if not path.is_symlink() and path.is_dir():
+            moved = previous = _move_aside(path, token)
+        os.replace(link, path)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        if moved is not None and not path.exists():
+            moved.rename(path)
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return previous
+
+
+def _move_aside(directory: Path, token: str) -> Path | None:
+    """Remove an empty directory, or rename a format 1 checkpoint to a versioned sibling."""
+    if not any(directory.iterdir()):
+        directory.rmdir()
+        return None
+    return directory.rename(directory.parent / f".{directory.name}.v-legacy-{token}")
+
+
+def _remove_old_versions(path: Path, *, keep: Sequence[Path | None]) -> None:
+    """Delete versioned siblings of ``path`` other than ``keep`` (current and previous)."""
+    pattern = re.compile(re.escape(f".{path.name}.v-") + r"(?:[0-9a-f]{16}|legacy)-[a-z0-9_]+")
+    kept = {p.resolve() for p in keep if p is not None}
+    for sibling in path.parent.iterdir():
+        if (pattern.fullmatch(sibling.name) and not sibling.is_symlink()
+                and sibling.resolve() not in kept):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _embedding_tensors(embeddings: EmbeddingTables) -> dict[str, torch.Tensor]:
@@ -190,11 +249,237 @@ def _embedding_tensors(embeddings: EmbeddingTables) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
+def _write_entities(path: Path, entities: EntityTable) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write(ENTITIES_HEADER + "\n")
+        for ent_id, kg, uri in zip(entities.ids, entities.kgs, entities.uris, strict=True):
+            handle.write(f"{ent_id}\t{kg}\t{uri}\n")
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def load_checkpoint(path: Path, *, with_weights: bool = False, verify: bool = True) -> Checkpoint:
+    """Read and validate a checkpoint directory; raise CheckpointError naming what is wrong.
+
+    ``verify=False`` skips the SHA-256 of each file (sizes and the model version are still
+    checked); it saves about a second per 600 MB.
+    """
+    path = Path(path)
+    attempt = 1
+    while True:
+        directory = _resolve(path)
+        try:
+            return _load_unchanged(path, directory, with_weights=with_weights, verify=verify)
+        except CheckpointError:
+            if attempt == READ_ATTEMPTS or not _replaced(path, directory):
+                raise
+        logger.info("checkpoint %s was replaced while it was read; reading it again", path)
+        attempt += 1
+
+
+def _replaced(path: Path, directory: Path | None) -> bool:
+    """Whether ``path`` names another directory than ``directory`` now. A missing ``path`` may
+    be a format 1 directory moved aside for its symlink: give the switch an instant."""
+    if directory is None:
+        time.sleep(MIGRATION_WAIT_S)
+    return _resolve(path) != directory
+
+
+def _resolve(path: Path) -> Path | None:
+    """The directory ``path`` names now (symlinks followed), or None."""
+    return path.resolve() if path.is_dir() else None
+
+
+def _load_unchanged(path: Path, directory: Path | None, *, with_weights: bool,
+                    verify: bool) -> Checkpoint:
+    """Load ``directory``; refuse if it was deleted or moved aside meanwhile."""
+    if directory is None:
+        raise CheckpointError(f"checkpoint directory {path} does not exist{_dangling(path)}")
+    before = _identity(directory)
+    checkpoint = _load(path, directory, with_weights=with_weights, verify=verify)
+    if _identity(directory) != before:
+        raise CheckpointError(f"checkpoint {path} was replaced while it was read")
+    return checkpoint
+
+
+def _dangling(path: Path) -> str:
+    return f" (a symlink to the missing {os.readlink(path)})" if path.is_symlink() else ""
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        info = directory.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _load(path: Path, directory: Path, *, with_weights: bool, verify: bool) -> Checkpoint:
+    """Read every file from ``directory``; name ``path`` (what the caller asked for) in errors."""
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}")
+    config = _read_json(directory / CONFIG_FILE, shown=path / CONFIG_FILE)
+    _check_header(config, where=str(path / CONFIG_FILE))
+    _check_model_config(config, where=str(path / CONFIG_FILE))
+    _check_manifest(path, directory, config, digests=verify)
+    modalities = list(config["modalities"])
+    embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, modalities,
+                                  shown=path / EMBEDDINGS_FILE)
+    entities = _read_entities(directory / ENTITIES_FILE, shown=path / ENTITIES_FILE)
+    _check_consistency(entities, embeddings, modalities, source=path)
+    _check_values(embeddings, shown=path / EMBEDDINGS_FILE)
+    weights = (_read_safetensors(directory / WEIGHTS_FILE, shown=path / WEIGHTS_FILE)
+               if with_weights else {})
+    return Checkpoint(path=path, config=config, entities=entities, embeddings=embeddings,
+                      split=_read_json(directory / SPLIT_FILE, shown=path / SPLIT_FILE),
+                      metrics=_read_json(directory / METRICS_FILE, shown=path / METRICS_FILE),
+                      weights=weights)
+
+
+# ----------------------------------------------------------------------------------- manifest
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version_of(config: Mapping[str, Any]) -> str:
+    """The model version a config (with its manifest) must carry."""
+    body = {k: v for k, v in config.items() if k != "model_version"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _check_manifest(path: Path, directory: Path, config: Mapping[str, Any], *,
+                    digests: bool) -> None:
+    """Refuse a checkpoint whose files or model version disagree with its manifest."""
+    if config["format_version"] == 1:
+        logger.warning("checkpoint %s has format_version 1 (no manifest): its files are not "
+                       "verified; write it again to get a verifiable one", path)
+        return
+    if config["model_version"] != _version_of(config):
+        raise CheckpointError(
+            f"checkpoint {path}: {CONFIG_FILE}: model_version {config['model_version']!r} does "
+            f"not match its manifest (edited by hand or tampered with)")
+    for name, entry in config["files"].items():
+        try:
+            size = (directory / name).stat().st_size
+            actual = _sha256(directory / name) if digests and size == entry["bytes"] else None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {path}: {name} (listed in the manifest) is not "
+                                  f"readable ({_one_line(exc)})") from exc
+        if size != entry["bytes"]:
+            raise CheckpointError(f"checkpoint {path}: {name} is {size} bytes, the manifest says "
+                                  f"{entry['bytes']} (truncated or replaced)")
+        if actual is not None and actual != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path}: {name} sha256 does not match the manifest "
+                                  f"(modified after it was written)")
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def _check_header(config: Mapping[str, Any], *, where: str) -> None:
+    """The keys write_checkpoint generates: format, model version and manifest."""
+    version = config.get("format_version")
+    if type(version) is not int or version not in READABLE_FORMATS:
+        raise CheckpointError(f"{where}: format_version {version!r} is not one this version "
+                              f"reads {READABLE_FORMATS}")
+    model_version = config.get("model_version")
+    if not isinstance(model_version, str) or not model_version:
+        raise CheckpointError(f"{where}: missing key 'model_version' (a non-empty string)")
+    if "embedding_dims" in config and not isinstance(config["embedding_dims"], dict):
+        raise CheckpointError(f"{where}: 'embedding_dims' must be a JSON object, not "
+                              f"{_short(config['embedding_dims'])}")
+    if version >= 2:
+        _check_files(config.get("files"), where=where)
+
+
+def _check_model_config(config: Mapping[str, Any], *, where: str) -> None:
+    """The keys training supplies; checked before writing, so what is written loads."""
+    _check_modalities(config.get("modalities"), where=where)
+    for key in ("config", "data"):
+        if key in config and not isinstance(config[key], dict):
+            raise CheckpointError(f"{where}: {key!r} must be a JSON object, not "
+                                  f"{_short(config[key])}")
+    _check_csls_k(config.get("config", {}), where=where)
+
+
+def _check_modalities(modalities: object, *, where: str) -> None:
+    if modalities is None:
+        raise CheckpointError(f"{where}: missing key 'modalities'")
+    if (not isinstance(modalities, list) or not modalities
+            or not all(isinstance(m, str) and m for m in modalities)
+            or len(set(modalities)) != len(modalities)):
+        raise CheckpointError(f"{where}: 'modalities' must be a non-empty list of unique "
+                              f"names, not {_short(modalities)}")
+
+
+def _check_csls_k(model_config: Mapping[str, Any], *, where: str) -> None:
+    evaluation = model_config.get("eval", {})
+    if not isinstance(evaluation, dict):
+        raise CheckpointError(f"{where}: 'config.eval' must be a JSON object, not "
+                              f"{_short(evaluation)}")
+    k = evaluation.get("csls_k", 1)
+    if type(k) is not int or not 1 <= k <= MAX_CSLS_K:
+        raise CheckpointError(f"{where}: 'config.eval.csls_k' must be an integer in "
+                              f"1..{MAX_CSLS_K}, not {_short(k)}")
+
+
+def _check_files(files: object, *, where: str) -> None:
+    """The manifest: plain file names, each with a size and a SHA-256, covering DATA_FILES."""
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{where}: 'files' (the manifest) must be a JSON object, not "
+                              f"{_short(files)}")
+    missing = [name for name in DATA_FILES if name not in files]
+    if missing:
+        raise CheckpointError(f"{where}: the manifest ('files') lacks {', '.join(missing)}")
+    for name, entry in files.items():
+        if name != Path(name).name or name.startswith(".") or name == CONFIG_FILE:
+            raise CheckpointError(f"{where}: the manifest ('files') lists {name!r}, which is "
+                                  f"not a data file of the checkpoint")
+        if (not isinstance(entry, dict) or type(entry.get("bytes")) is not int
+                or entry["bytes"] < 0 or not isinstance(entry.get("sha256"), str)
+                or not _SHA256.fullmatch(entry["sha256"])):
+            raise CheckpointError(f"{where}: 'files.{name}' must be {{\"bytes\": <int>, "
+                                  f"\"sha256\": <64 hex digits>}}, not {_short(entry)}")
+
+
+# -------------------------------------------------------------------------------- embeddings
+
+
+def _read_embeddings(path: Path, modalities: list[str], *, shown: Path) -> EmbeddingTables:
+    tensors = _read_safetensors(path, shown=shown)
+    for key in ("joint", "fusion_weights", "mask", *(f"modality.{m}" for m in modalities)):
+        if key not in tensors:
+            raise CheckpointError(f"{shown}: missing tensor {key!r}")
+    return EmbeddingTables(
+        joint=tensors["joint"].float(),
+        modalities={m: tensors[f"modality.{m}"].float() for m in modalities},
+        fusion_weights=tensors["fusion_weights"].float(),
+        mask=tensors["mask"].bool(),
+    )
+
+
 def _check_consistency(entities: EntityTable, embeddings: EmbeddingTables,
                        modalities: list[str], *, source: Path) -> None:
     n = len(entities)
     if n == 0:
-        raise CheckpointError(f"checkpoint {source}: the entity table is empty")
+        raise CheckpointError(f"checkpoint {source}: {ENTITIES_FILE} holds no entities")
     if sorted(embeddings.modalities) != sorted(modalities):
         raise CheckpointError(
             f"checkpoint {source}: embeddings for modalities {sorted(embeddings.modalities)} "
@@ -202,73 +487,158 @@ def _check_consistency(entities: EntityTable, embeddings: EmbeddingTables,
     shapes = {"joint": embeddings.joint.shape,
               **{f"modality.{m}": t.shape for m, t in embeddings.modalities.items()}}
     for name, shape in shapes.items():
-        if len(shape) != 2 or shape[0] != n:
+        if len(shape) != 2 or shape[0] != n or shape[1] == 0:
             raise CheckpointError(
-                f"checkpoint {source}: embedding {name!r} has shape {tuple(shape)} but the "
-                f"entity table has {n} rows")
+                f"checkpoint {source}: embedding {name!r} in {EMBEDDINGS_FILE} has shape "
+                f"{tuple(shape)} but the entity table has {n} rows")
     for name in ("fusion_weights", "mask"):
         shape = getattr(embeddings, name).shape
         if tuple(shape) != (n, len(modalities)):
             raise CheckpointError(
-                f"checkpoint {source}: {name!r} has shape {tuple(shape)}, expected "
-                f"{(n, len(modalities))}")
+                f"checkpoint {source}: {name!r} in {EMBEDDINGS_FILE} has shape {tuple(shape)}, "
+                f"expected {(n, len(modalities))}")
     if set(entities.kgs) != {1, 2}:
-        raise CheckpointError(f"checkpoint {source}: the entity table must hold both KGs 1 and 2")
-    if len(set(entities.uris)) != n or len(set(entities.ids)) != n:
-        raise CheckpointError(f"checkpoint {source}: entity ids and URIs must be unique")
+        raise CheckpointError(
+            f"checkpoint {source}: {ENTITIES_FILE} must hold entities of both KGs 1 and 2")
 
 
-def _write_entities(path: Path, entities: EntityTable) -> None:
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        handle.write("id\tkg\turi\n")
-        for ent_id, kg, uri in zip(entities.ids, entities.kgs, entities.uris, strict=True):
-            handle.write(f"{ent_id}\t{kg}\t{uri}\n")
+def _check_values(embeddings: EmbeddingTables, *, shown: Path) -> None:
+    """NaN and infinity break every ranking; huge finite values mean a diverged model."""
+    tables = {"joint": embeddings.joint,
+              **{f"modality.{m}": t for m, t in embeddings.modalities.items()}}
+    for name, tensor in {**tables, "fusion_weights": embeddings.fusion_weights}.items():
+        for kind, bad in (("NaN", torch.isnan(tensor)), ("infinity", torch.isinf(tensor))):
+            _refuse_rows(bad, f"{shown}: embedding {name!r} holds {kind}")
+    for name, tensor in tables.items():
+        _refuse_rows(tensor.abs() > MAX_ABS_EMBEDDING,
+                     f"{shown}: embedding {name!r} holds values beyond ±{MAX_ABS_EMBEDDING:g} "
+                     f"(a diverged model)")
 
 
-def _read_entities(path: Path) -> EntityTable:
+def _refuse_rows(bad: torch.Tensor, message: str) -> None:
+    rows = bad.any(dim=1)
+    if bool(rows.any()):
+        raise CheckpointError(f"{message}, first at row {int(rows.nonzero()[0, 0])} "
+                              f"({int(rows.sum())} rows)")
+
+
+def _read_safetensors(path: Path, *, shown: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(
+            f"{shown}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
+# ----------------------------------------------------------------------------------- entities
+
+
+def _entity_problem(ent_id: int, kg: int, uri: object) -> str | None:
+    """Why a row of the entity table cannot be stored (None when it can): one rule for the
+    writer and the reader."""
+    if not INT64_MIN <= ent_id <= INT64_MAX:
+        return f"entity id {ent_id} does not fit in int64"
+    if kg not in (1, 2):
+        return f"kg {kg!r} is not 1 or 2"
+    if not isinstance(uri, str):
+        return f"the identifier {_short(uri)} is not a string"
+    return identifier_problem(uri)
+
+
+def _check_entities(entities: EntityTable, *, source: Path) -> None:
+    """The writer's side of the entity rules: rows, then uniqueness."""
+    for row, (ent_id, kg, uri) in enumerate(zip(entities.ids, entities.kgs, entities.uris,
+                                                 strict=True)):
+        problem = _entity_problem(int(ent_id), int(kg), uri)
+        if problem:
+            raise CheckpointError(f"checkpoint {source}: entity row {row} (id {ent_id}): "
+                                  f"{problem}")
+    for what, values in (("id", entities.ids), ("URI", entities.uris)):
+        repeat = _first_repeat(values)
+        if repeat:
+            raise CheckpointError(f"checkpoint {source}: entity rows {repeat[0]} and "
+                                  f"{repeat[1]} share the {what} {_short(values[repeat[1]])}")
+
+
+def _first_repeat(values: Sequence[Hashable]) -> tuple[int, int] | None:
+    """Indices (first, repeat) of the first value seen twice."""
+    seen: dict[Hashable, int] = {}
+    for index, value in enumerate(values):
+        if value in seen:
+            return seen[value], index
+        seen[value] = index
+    return None
+
+
+def _read_entities(path: Path, *, shown: Path) -> EntityTable:
+    lines = _read_text(path, shown=shown).split("\n")
+    if lines[0] != ENTITIES_HEADER:
+        raise CheckpointError(f"{shown}:1: expected header 'id<TAB>kg<TAB>uri'")
+    if lines[-1] == "":
+        lines.pop()
     ids: list[int] = []
     kgs: list[int] = []
     uris: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n")
-        if header != "id\tkg\turi":
-            raise CheckpointError(f"{path}:1: expected header 'id<TAB>kg<TAB>uri'")
-        for line_no, line in enumerate(handle, start=2):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3 or not parts[0].lstrip("-").isdigit() or parts[1] not in {"1", "2"}:
-                raise CheckpointError(f"{path}:{line_no}: expected 'id<TAB>kg(1|2)<TAB>uri'")
-            ids.append(int(parts[0]))
-            kgs.append(int(parts[1]))
-            uris.append(parts[2])
+    for line_no, line in enumerate(lines[1:], start=2):
+        ent_id, kg, uri = _parse_entity(line, where=f"{shown}:{line_no}")
+        ids.append(ent_id)
+        kgs.append(kg)
+        uris.append(uri)
+    for what, values in (("id", ids), ("URI", uris)):
+        repeat = _first_repeat(values)
+        if repeat:
+            raise CheckpointError(f"{shown}:{repeat[1] + 2}: {what} {_short(values[repeat[1]])} "
+                                  f"repeats line {repeat[0] + 2}")
     return EntityTable(ids=ids, kgs=kgs, uris=uris)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _parse_entity(line: str, *, where: str) -> tuple[int, int, str]:
+    parts = line.split("\t")
+    if len(parts) > 3:
+        raise CheckpointError(f"{where}: expected 'id<TAB>kg(1|2)<TAB>uri', got {len(parts)} "
+                              f"fields (a tab in the URI?)")
+    if len(parts) != 3 or not _ENTITY_ID.fullmatch(parts[0]) or parts[1] not in {"1", "2"}:
+        raise CheckpointError(f"{where}: expected 'id<TAB>kg(1|2)<TAB>uri', got {_short(line)}")
+    ent_id, kg, uri = int(parts[0]), int(parts[1]), parts[2]
+    problem = _entity_problem(ent_id, kg, uri)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
+    return ent_id, kg, uri
+
+
+# ---------------------------------------------------------------------------------- text/JSON
+
+
+def _read_text(path: Path, *, shown: Path) -> str:
+    """UTF-8 text without a leading BOM; a decoding error names the line."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{shown}: not readable ({_one_line(exc)})") from exc
+    try:
+        return strip_bom(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise CheckpointError(f"{shown}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at "
+                              f"offset {exc.start})") from exc
+
+
+def _read_json(path: Path, *, shown: Path) -> dict[str, Any]:
+    text = _read_text(path, shown=shown)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{shown}: not readable JSON ({_one_line(exc)})") from exc
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise CheckpointError(f"{shown}: expected a JSON object")
     return value
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
-
-def _content_hash(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(directory)):
-        digest.update(name.encode())
-        with (directory / name).open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
+import re
+import shutil
+import stat
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from model.checkpoint import (
     CONFIG_FILE,
-    EMBEDDINGS_FILE,
-    ENTITIES_FILE,
+    DATA_FILES,
     FORMAT_VERSION,
-    METRICS_FILE,
     REQUIRED_FILES,
-    SPLIT_FILE,
-    WEIGHTS_FILE,
     CheckpointError,
     EmbeddingTables,
     EntityTable,
@@ -123,24 +124,59 @@ def test_model_version_changes_with_content(change: str, tmp_path: Path) -> None
     assert write_checkpoint(tmp_path / "b", **content) != base
 
 
+def _siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
 def test_overwrite_replaces_content_and_leaves_no_temp_dirs(checkpoint_dir: Path) -> None:
+    first = checkpoint_dir.resolve()
     new = _content(seed=1)
     version = write_checkpoint(checkpoint_dir, **new)
     loaded = load_checkpoint(checkpoint_dir)
     assert loaded.model_version == version
     assert torch.equal(loaded.embeddings.joint, new["embeddings"].joint)
-    assert [p.name for p in checkpoint_dir.parent.iterdir()] == [checkpoint_dir.name]
+    current = checkpoint_dir.resolve()
+    assert current.name.startswith(f".ckpt.v-{version}-")
+    # the previous version stays for a reader that may still be reading it
+    assert _siblings(checkpoint_dir) == sorted(["ckpt", first.name, current.name])
     assert sorted(p.name for p in checkpoint_dir.iterdir()) == sorted(REQUIRED_FILES)
+
+
+def test_layout_is_a_relative_symlink_to_a_versioned_sibling(tmp_path: Path) -> None:
+    version = write_checkpoint(tmp_path / "ckpt", **_content())
+    link = tmp_path / "ckpt"
+    assert link.is_symlink() and not os.readlink(link).startswith("/")
+    assert os.readlink(link).startswith(f".ckpt.v-{version}-")
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for entry in tmp_path.iterdir():  # relative: the pair survives a move or a volume mount
+        if entry != moved:
+            entry.rename(moved / entry.name)
+    assert load_checkpoint(moved / "ckpt").model_version == version
+
+
+def test_only_current_and_previous_versions_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt"
+    neighbour = tmp_path / "ckpt.v-0123456789abcdef"  # a checkpoint whose name looks similar
+    write_checkpoint(neighbour, **_content(seed=5))
+    write_checkpoint(path, **_content(seed=0))
+    previous = write_checkpoint(path, **_content(seed=1))
+    current = write_checkpoint(path, **_content(seed=0))
+    versions = [n for n in _siblings(path) if re.fullmatch(r"\.ckpt\.v-[0-9a-f]{16}-\w+", n)]
+    assert sorted(n.split("-")[1] for n in versions) == sorted([previous, current])
+    assert load_checkpoint(neighbour).model_version == write_checkpoint(
+        tmp_path / "again", **_content(seed=5))
 
 
 def test_failed_write_keeps_old_checkpoint_and_leaves_no_temp_dirs(checkpoint_dir: Path) -> None:
     old_version = load_checkpoint(checkpoint_dir).model_version
     content = _content(seed=1)
     content["metrics"] = {"not_json": object()}
+    before = _siblings(checkpoint_dir)
     with pytest.raises(TypeError):
         write_checkpoint(checkpoint_dir, **content)
     assert load_checkpoint(checkpoint_dir).model_version == old_version
-    assert [p.name for p in checkpoint_dir.parent.iterdir()] == [checkpoint_dir.name]
+    assert _siblings(checkpoint_dir) == before
 
 
 @pytest.mark.parametrize("existing", ["directory", "file"])
@@ -159,147 +195,108 @@ def test_overwrite_refuses_what_is_not_a_checkpoint(existing: str, tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-@pytest.mark.parametrize("problem", ["short_joint", "bad_mask", "one_kg", "duplicate_uri",
-                                     "modality_mismatch"])
+def _with_uri(entities: EntityTable, row: int, uri: str) -> EntityTable:
+    uris = list(entities.uris)
+    uris[row] = uri
+    return replace(entities, uris=uris)
+
+
+# The loader's rules, applied before writing: training cannot write what the service refuses.
+NOT_WRITTEN: dict[str, tuple[Any, str]] = {
+    "short_joint": (lambda c: {"embeddings": replace(c["embeddings"],
+                                                     joint=c["embeddings"].joint[:-1])},
+                    "'joint' in embeddings.safetensors has shape (8, 6)"),
+    "bad_mask": (lambda c: {"embeddings": replace(c["embeddings"],
+                                                  mask=c["embeddings"].mask[:, :1])}, "'mask'"),
+    "one_kg": (lambda c: {"entities": replace(c["entities"], kgs=[1] * N)}, "both KGs"),
+    "duplicate_uri": (lambda c: {"entities": _with_uri(c["entities"], 6, "http://kg1/e2")},
+                      "entity rows 2 and 6 share the URI 'http://kg1/e2'"),
+    "duplicate_id": (lambda c: {"entities": replace(c["entities"], ids=[0, *range(N - 1)])},
+                     "entity rows 0 and 1 share the id 0"),
+    "modality_mismatch": (lambda c: {"config": {**c["config"], "modalities": ["structure"]}},
+                          "do not match the configured modalities"),
+    "carriage_return": (lambda c: {"entities": _with_uri(c["entities"], 2, "http://kg1/a\r")},
+                        "entity row 2 (id 2): the identifier 'http://kg1/a\\r' contains a "
+                        "carriage return"),
+    "line_feed": (lambda c: {"entities": _with_uri(c["entities"], 5, "/m/0\nx")},
+                  "entity row 5 (id 5): the identifier '/m/0\\nx' contains a line feed"),
+    "tab": (lambda c: {"entities": _with_uri(c["entities"], 1, "a\tb")}, "contains a tab"),
+    "nul": (lambda c: {"entities": _with_uri(c["entities"], 1, "a\x00b")}, "contains a NUL"),
+    "empty_uri": (lambda c: {"entities": _with_uri(c["entities"], 1, "")}, "is empty"),
+    "id_beyond_int64": (lambda c: {"entities": replace(c["entities"],
+                                                       ids=[2**63, *range(1, N)])},
+                        "entity row 0 (id 9223372036854775808): entity id 9223372036854775808 "
+                        "does not fit in int64"),
+    "modalities_not_a_list": (lambda c: {"config": {**c["config"], "modalities": "structure"}},
+                              "'modalities' must be a non-empty list of unique names"),
+    "csls_k_too_large": (lambda c: {"config": {**c["config"],
+                                               "config": {"eval": {"csls_k": 10**9}}}},
+                         "'config.eval.csls_k' must be an integer in 1..100, not 1000000000"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(NOT_WRITTEN))
 def test_inconsistent_content_not_written(problem: str, tmp_path: Path) -> None:
+    change, message = NOT_WRITTEN[problem]
     content = _content()
-    tables: EmbeddingTables = content["embeddings"]
-    entities: EntityTable = content["entities"]
-    if problem == "short_joint":
-        content["embeddings"] = replace(tables, joint=tables.joint[:-1])
-    elif problem == "bad_mask":
-        content["embeddings"] = replace(tables, mask=tables.mask[:, :1])
-    elif problem == "one_kg":
-        content["entities"] = replace(entities, kgs=[1] * N)
-    elif problem == "duplicate_uri":
-        content["entities"] = replace(entities, uris=[entities.uris[0]] * N)
-    else:
-        content["config"] = {**content["config"], "modalities": ["structure"]}
-    with pytest.raises(CheckpointError):
+    content.update(change(content))
+    with pytest.raises(CheckpointError) as caught:
         write_checkpoint(tmp_path / "ckpt", **content)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_generated_keys_in_the_given_config_are_replaced(checkpoint_dir: Path,
+                                                         tmp_path: Path) -> None:
+    # Callers copy a loaded config (manifest included) into a new checkpoint.
+    loaded = load_checkpoint(checkpoint_dir)
+    content = _content(seed=1)
+    content["config"] = loaded.config
+    version = write_checkpoint(tmp_path / "copy", **content)
+    assert version != loaded.model_version
+    assert load_checkpoint(tmp_path / "copy").model_version == version
+
+
+def test_manifest_covers_every_data_file_and_the_version_covers_the_manifest(
+        checkpoint_dir: Path) -> None:
+    # The contract of the module docstring, recomputed independently.
+    config = json.loads((checkpoint_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert sorted(config["files"]) == sorted(DATA_FILES)
+    for name, entry in config["files"].items():
+        data = (checkpoint_dir / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    body = {k: v for k, v in config.items() if k != "model_version"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert config["model_version"] == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_verify_false_skips_digests_but_not_sizes(checkpoint_dir: Path) -> None:
+    path = checkpoint_dir / "metrics.json"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('"epochs": 3', '"epochs": 4'), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"metrics\.json sha256 does not match"):
+        load_checkpoint(checkpoint_dir)
+    assert load_checkpoint(checkpoint_dir, verify=False).metrics["epochs"] == 4
+    path.write_text(text.replace('"epochs": 3', '"epochs": 30'), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"metrics\.json is \d+ bytes, the manifest says"):
+        load_checkpoint(checkpoint_dir, verify=False)
+
+
+def test_readable_by_other_users_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        write_checkpoint(tmp_path / "ckpt", **_content())
+    finally:
+        os.umask(old)
+    directory = (tmp_path / "ckpt").resolve()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    for name in REQUIRED_FILES:
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o644
 
 
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nowhere")
-
-
-@pytest.mark.parametrize("name", REQUIRED_FILES)
-def test_missing_file(name: str, checkpoint_dir: Path) -> None:
-    (checkpoint_dir / name).unlink()
-    with pytest.raises(CheckpointError, match=f"missing {name}"):
-        load_checkpoint(checkpoint_dir)
-
-
-@pytest.mark.parametrize("keep", [0.5, 0.9, 4])
-def test_truncated_embeddings(keep: float, checkpoint_dir: Path) -> None:
-    path = checkpoint_dir / EMBEDDINGS_FILE
-    data = path.read_bytes()
-    path.write_bytes(data[:int(keep * len(data)) if keep < 1 else int(keep)])
-    with pytest.raises(CheckpointError, match=EMBEDDINGS_FILE):
-        load_checkpoint(checkpoint_dir)
-
-
-def test_truncated_weights_with_weights(checkpoint_dir: Path) -> None:
-    path = checkpoint_dir / WEIGHTS_FILE
-    path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(CheckpointError, match=WEIGHTS_FILE):
-        load_checkpoint(checkpoint_dir, with_weights=True)
-
-
-def test_missing_embedding_tensor(checkpoint_dir: Path) -> None:
-    content = _content()
-    tables: EmbeddingTables = content["embeddings"]
-    save_file({"joint": tables.joint, "fusion_weights": tables.fusion_weights,
-               "modality.structure": tables.modalities["structure"],
-               "modality.visual": tables.modalities["visual"]},
-              checkpoint_dir / EMBEDDINGS_FILE)
-    with pytest.raises(CheckpointError, match="missing tensor 'mask'"):
-        load_checkpoint(checkpoint_dir)
-
-
-def _edit_entities(checkpoint_dir: Path, edit: str) -> None:
-    path = checkpoint_dir / ENTITIES_FILE
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if edit == "row_fewer":
-        lines = lines[:-1]
-    elif edit == "bad_header":
-        lines[0] = "id\turi\tkg\n"
-    elif edit == "no_header":
-        lines = lines[1:]
-    elif edit == "bad_kg":
-        lines[2] = lines[2].replace("\t1\t", "\t3\t")
-    elif edit == "two_fields":
-        lines[2] = "1\thttp://kg1/e1\n"
-    path.write_text("".join(lines), encoding="utf-8")
-
-
-@pytest.mark.parametrize(("edit", "message"), [
-    ("row_fewer", f"has {N - 1} rows"),
-    ("bad_header", r"entities\.tsv:1: expected header"),
-    ("no_header", r"entities\.tsv:1: expected header"),
-    ("bad_kg", r"entities\.tsv:3:"),
-    ("two_fields", r"entities\.tsv:3:"),
-])
-def test_bad_entity_table(edit: str, message: str, checkpoint_dir: Path) -> None:
-    _edit_entities(checkpoint_dir, edit)
-    with pytest.raises(CheckpointError, match=message):
-        load_checkpoint(checkpoint_dir)
-
-
-@pytest.mark.parametrize("version", [2, 0, "1", None])
-def test_wrong_format_version(version: object, checkpoint_dir: Path) -> None:
-    path = checkpoint_dir / CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["format_version"] = version
-    path.write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(CheckpointError, match="format_version"):
-        load_checkpoint(checkpoint_dir)
-
-
-@pytest.mark.parametrize("key", ["model_version", "modalities"])
-def test_config_missing_key(key: str, checkpoint_dir: Path) -> None:
-    path = checkpoint_dir / CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8"))
-    del config[key]
-    path.write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(CheckpointError, match=key):
-        load_checkpoint(checkpoint_dir)
-
-
-@pytest.mark.parametrize("name", [CONFIG_FILE, SPLIT_FILE, METRICS_FILE])
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\udcff"])
-def test_unreadable_json(name: str, text: str, checkpoint_dir: Path) -> None:
-    (checkpoint_dir / name).write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
-        load_checkpoint(checkpoint_dir)
-
-
-class _Payload:
-    """Unpickling this creates a directory: proof that a pickle was run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return os.mkdir, (str(self.marker),)
-
-
-@pytest.mark.parametrize("name", [EMBEDDINGS_FILE, WEIGHTS_FILE])
-@pytest.mark.parametrize("writer", ["pickle", "torch_save"])
-def test_pickle_renamed_to_safetensors_is_not_unpickled(name: str, writer: str,
-                                                        checkpoint_dir: Path,
-                                                        tmp_path: Path) -> None:
-    marker = tmp_path / "unpickled"
-    path = checkpoint_dir / name
-    if writer == "pickle":
-        path.write_bytes(pickle.dumps({"joint": _Payload(marker)}))
-    else:
-        torch.save({"joint": torch.zeros(N, 6), "payload": _Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
-        load_checkpoint(checkpoint_dir, with_weights=True)
-    assert not marker.exists()
 
 
 def test_loading_never_unpickles(checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,3 +308,84 @@ def test_loading_never_unpickles(checkpoint_dir: Path, monkeypatch: pytest.Monke
         monkeypatch.setattr(target, attr, refuse)
     loaded = load_checkpoint(checkpoint_dir, with_weights=True)
     assert loaded.weights and len(loaded.entities) == N
+
+
+def _legacy_checkpoint(path: Path, seed: int = 0) -> str:
+    """A format 1 checkpoint: a real directory, no manifest."""
+    written = path.with_name(path.name + ".new")
+    write_checkpoint(written, **_content(seed))
+    shutil.copytree(written.resolve(), path)
+    for entry in written.parent.iterdir():
+        if entry.name.startswith((written.name, f".{written.name}.")):
+            shutil.rmtree(entry) if not entry.is_symlink() else entry.unlink()
+    config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    del config["files"]
+    config["format_version"] = 1
+    (path / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    return str(config["model_version"])
+
+
+def test_format_1_loads_unverified_with_a_warning(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    version = _legacy_checkpoint(tmp_path / "old")
+    with caplog.at_level(logging.WARNING, logger="model.checkpoint"):
+        loaded = load_checkpoint(tmp_path / "old", with_weights=True)
+    assert loaded.model_version == version and loaded.config["format_version"] == 1
+    assert "format_version 1" in caplog.text and "not verified" in caplog.text
+
+
+def test_format_1_directory_is_replaced_by_the_versioned_layout(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    _legacy_checkpoint(path)
+    version = write_checkpoint(path, **_content(seed=1))
+    assert path.is_symlink() and load_checkpoint(path).model_version == version
+    legacy = [n for n in _siblings(path) if n.startswith(".out.v-legacy-")]
+    assert len(legacy) == 1  # kept as the previous version for a reader still reading it
+    assert load_checkpoint(tmp_path / legacy[0]).config["format_version"] == 1
+    write_checkpoint(path, **_content(seed=2))
+    assert not [n for n in _siblings(path) if n.startswith(".out.v-legacy-")]
+
+
+def test_empty_directory_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    version = write_checkpoint(tmp_path / "out", **_content())
+    assert load_checkpoint(tmp_path / "out").model_version == version
+    assert len(_siblings(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("start", ["versioned", "format_1"])
+def test_loads_during_replacement_see_one_whole_version(start: str, tmp_path: Path) -> None:
+    # The probe that found mixed reads: training rewrites `out` while a loader reads it.
+    path = tmp_path / "out"
+    contents = [_content(seed=0), _content(seed=1)]
+    if start == "format_1":
+        _legacy_checkpoint(path, seed=0)
+    else:
+        write_checkpoint(path, **contents[0])
+    versions = [write_checkpoint(tmp_path / f"ref{i}", **c) for i, c in enumerate(contents)]
+    joints = {v: c["embeddings"].joint for v, c in zip(versions, contents, strict=True)}
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def rewrite() -> None:
+        try:
+            for swap in range(30):
+                write_checkpoint(path, **contents[(swap + 1) % 2])
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    loads = 0
+    try:
+        while not done.is_set() or loads < 5:
+            loaded = load_checkpoint(path)
+            assert torch.equal(loaded.embeddings.joint, joints[loaded.model_version])
+            loads += 1
+    finally:
+        done.wait()
+        writer.join()
+    assert not failures
+    assert len([n for n in _siblings(path) if n.startswith(".out.v-")]) == 2
