@@ -153,7 +153,7 @@ class DataConfig(_Strict):
 class EvalConfig(_Strict):
     """How test pairs are ranked (``training/evaluation.py``)."""
 
-    csls_k: int = Field(3, ge=1, description="neighbours averaged for CSLS; 2-3 scored best on "
+    csls_k: int = Field(3, ge=1, le=100, description="neighbours averaged for CSLS; 2-3 scored best on "
                         "full-pool validation with the propagated labels (BENCHMARKS.md)")
     sinkhorn_reg: float = Field(0.02, gt=0.0, description="entropy of the Sinkhorn ranking, "
                                 "in CSLS units; 0.02 scored best on full-pool validation "
