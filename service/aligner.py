@@ -23,7 +23,6 @@ Scores, for a source s and a candidate t of the other KG:
 from __future__ import annotations
 
 import bisect
-import difflib
 import logging
 import os
 import time
@@ -38,15 +37,16 @@ from model.device import resolve_device
 from service.errors import StartupError
 from service.index import KGIndex, build_index, gpu_count, set_threads
 from service.settings import Settings
+from service.suggest import PROBE_CHARS, Suggester
 
 logger = logging.getLogger(__name__)
 
 CSLS_POOL_MIN = 50
 DEFAULT_CSLS_K = 10  # for checkpoints that do not say which k they were evaluated with
+MAX_CSLS_K = 100  # as Settings.csls_k: r_k's cost at load grows with k
 CSLS_POOL_FACTOR = 4
-SUGGESTIONS = 5
-SUGGESTION_WINDOW = 300
 _CHUNK = 4096
+SIMS_FLOATS = 1 << 22  # bounds the gathered modality rows (16 MB) of one similarity step
 
 
 def csls_pool_size(k: int, kg_size: int) -> int:
@@ -61,9 +61,13 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 def evaluated_csls_k(config: dict[str, Any]) -> int:
     """The CSLS k a checkpoint's metrics were computed with (``eval.csls_k`` of its training
     config), so the service ranks as the figures it reports; 10, CSLS's usual k, when the
-    checkpoint names none."""
+    checkpoint names none. Any other value is refused: r_k costs a k-NN search per entity at
+    load, so a huge k would stall start-up instead of failing it."""
     k = config.get("config", {}).get("eval", {}).get("csls_k", DEFAULT_CSLS_K)
-    return k if isinstance(k, int) and k >= 1 else DEFAULT_CSLS_K
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CSLS_K:
+        raise CheckpointError(f"checkpoint config eval.csls_k must be an integer from 1 to "
+                              f"{MAX_CSLS_K}, got {k!r:.40}; set MIMEA_CSLS_K to override it")
+    return k
 
 
 class Aligner:
@@ -103,7 +107,7 @@ class Aligner:
             self.local[self.rows[kg]] = np.arange(len(self.rows[kg]))
         self.sizes = {kg: len(self.rows[kg]) for kg in (1, 2)}
         self._sorted = {kg: sorted(self.uris[r] for r in self.rows[kg]) for kg in (1, 2)}
-        self._sorted_all = sorted(self.uris)
+        self.suggester = Suggester(self.uris)
 
         joint = _normalise(emb.joint.float())
         self.joint = joint.to(self.device)
@@ -150,26 +154,12 @@ class Aligner:
     # ----------------------------------------------------------------------------- lookups
 
     def suggest(self, uri: str) -> list[str]:
-        """Close identifiers for an unknown one.
-
-        difflib over every URI takes about a second on 40k entities, so it only compares the
-        ``SUGGESTION_WINDOW`` identifiers on each side of the probe in sorted order (those that
-        share its longest prefix, which catches typos and truncation after a common prefix).
-        """
-        probe = uri[:256]
-        if not probe:
-            return []
-        start = bisect.bisect_left(self._sorted_all, probe)
-        window = self._sorted_all[max(0, start - SUGGESTION_WINDOW):start + SUGGESTION_WINDOW]
-        matches = difflib.get_close_matches(probe, window, n=SUGGESTIONS, cutoff=0.6)
-        for cand in self._sorted_all[start:start + SUGGESTIONS]:
-            if cand.startswith(probe) and cand not in matches:
-                matches.append(cand)  # identifiers that extend a truncated probe
-        return matches[:SUGGESTIONS]
+        """Close identifiers for an unknown one (trigram shortlist, memoised; service.suggest)."""
+        return list(self.suggester.suggest(uri[:PROBE_CHARS]))
 
     def find_entities(self, kg: int | None, prefix: str, limit: int) -> tuple[list[int], bool]:
         """Rows of entities whose URI starts with ``prefix``, sorted by URI; and whether more."""
-        uris = self._sorted_all if kg is None else self._sorted[kg]
+        uris = self.suggester.sorted if kg is None else self._sorted[kg]
         start = bisect.bisect_left(uris, prefix)
         found: list[int] = []
         for uri in uris[start:start + limit + 1]:
@@ -232,26 +222,35 @@ class Aligner:
 
     def _modality_sims(self, src: np.ndarray, cand_rows: list[np.ndarray]
                        ) -> list[dict[str, list[float | None]]]:
-        """Per-modality cosine of each source to each of its candidates, None where missing."""
-        width = max((len(c) for c in cand_rows), default=0)
-        padded = np.zeros((len(src), max(width, 1)), dtype=np.int64)
-        for j, rows in enumerate(cand_rows):
-            padded[j, :len(rows)] = rows
-        cand_t = torch.from_numpy(padded).to(self.device)
-        src_t = torch.from_numpy(src).to(self.device)
-        stacked = torch.stack([torch.einsum("bkd,bd->bk", self.mods[m][cand_t], self.mods[m][src_t])
-                               for m in self.modalities]).cpu().numpy()  # [M, B, K]
+        """Per-modality cosine of each source to each of its candidates, None where missing.
+
+        A row-wise dot product over (source, candidate) pairs in steps of ``SIMS_FLOATS``
+        gathered values: memory stays bounded whatever the batch size and k (a padded
+        [batch, k, d] gather took gigabytes for 1,024 sources at k = 1,000).
+        """
+        counts = [len(rows) for rows in cand_rows]
+        pair_src = np.repeat(src, counts)
+        pair_cand = np.concatenate(cand_rows) if cand_rows else np.empty(0, np.int64)
+        present = self.mask[pair_src] & self.mask[pair_cand]  # [pairs, M]
+        sims = np.stack([self._row_dots(self.mods[m], pair_src, pair_cand)
+                         for m in self.modalities], axis=1)  # [pairs, M]
         out: list[dict[str, list[float | None]]] = []
-        for j, rows in enumerate(cand_rows):
-            per: dict[str, list[float | None]] = {}
-            for mi, m in enumerate(self.modalities):
-                values = stacked[mi, j, :len(rows)].tolist()
-                if not self.mask[src[j], mi]:
-                    per[m] = [None] * len(rows)
-                else:
-                    present = self.mask[rows, mi].tolist()
-                    per[m] = [v if p else None for v, p in zip(values, present, strict=True)]
-            out.append(per)
+        lo = 0
+        for count in counts:
+            values, keep = sims[lo:lo + count].T.tolist(), present[lo:lo + count].T.tolist()
+            out.append({m: [v if p else None for v, p in zip(values[i], keep[i], strict=True)]
+                        for i, m in enumerate(self.modalities)})
+            lo += count
+        return out
+
+    def _row_dots(self, table: torch.Tensor, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """<table[left[i]], table[right[i]]> for every i, in bounded steps."""
+        out = np.empty(len(left), dtype=np.float32)
+        step = max(1, SIMS_FLOATS // max(1, table.shape[1]))
+        for lo in range(0, len(left), step):
+            a = torch.from_numpy(left[lo:lo + step]).to(self.device)
+            b = torch.from_numpy(right[lo:lo + step]).to(self.device)
+            out[lo:lo + step] = (table[a] * table[b]).sum(1).cpu().numpy()
         return out
 
     def _candidates_result(self, src: int, other: int, query: tuple[int, int, bool],

@@ -2,8 +2,10 @@
 
 While one batch runs in the worker thread, new submissions queue up and form the next batch, so
 an idle service answers a lone request at once and a busy one searches many queries per index
-call (one matrix product instead of many). A group submitted together (a batch route) is never
-split across calls.
+call (one matrix product instead of many). A group submitted together is never split across
+calls. A call holds at most ``max_batch`` items and, when items have a ``cost`` (candidates
+asked for), at most ``max_cost`` of it, so that no call holds the worker for long; callers with
+more work submit it as several groups, one after another, and other requests interleave.
 
 An optional window (``window_s``) makes a busy batcher wait, at most that long, until as many
 queries are queued as were just answered plus those already waiting: under closed-loop load the
@@ -33,13 +35,16 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(self, fn: Callable[[Sequence[T]], list[R]], executor: Executor, *,
                  max_batch: int, window_s: float = 0.0,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 cost: Callable[[T], int] | None = None, max_cost: int | None = None) -> None:
         self._fn = fn
         self._executor = executor
         self._max_batch = max_batch
         self._window_s = window_s
         self._on_batch = on_batch
-        self._pending: deque[tuple[list[T], asyncio.Future[list[R]]]] = deque()
+        self._cost = cost
+        self._max_cost = max_cost
+        self._pending: deque[tuple[list[T], asyncio.Future[list[R]], int]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         self._queued = 0  # items in ``_pending``
@@ -54,7 +59,8 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             raise RuntimeError("batcher is closed")
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        self._pending.append((items, future))
+        cost = sum(map(self._cost, items)) if self._cost is not None else 0
+        self._pending.append((items, future, cost))
         self._queued += len(items)
         if self._enough is not None and self._queued >= self._target:
             self._enough.set()
@@ -68,12 +74,12 @@ class MicroBatcher(Generic[T, R]):
             if self._window_s > 0 and self._queued < self._target:
                 await self._fill()
             groups = self._take()
-            items = [item for group, _ in groups for item in group]
+            items = [item for group, _, _ in groups for item in group]
             start = loop.time()
             try:
                 results = await loop.run_in_executor(self._executor, self._fn, items)
             except Exception as exc:  # the callers get the error; the drainer keeps going
-                for _, future in groups:
+                for _, future, _ in groups:
                     if not future.done():
                         future.set_exception(exc)
                 continue
@@ -82,7 +88,7 @@ class MicroBatcher(Generic[T, R]):
             if self._on_batch is not None:
                 self._on_batch(len(items), loop.time() - start)
             offset = 0
-            for group, future in groups:
+            for group, future, _ in groups:
                 if not future.done():
                     future.set_result(results[offset:offset + len(group)])
                 offset += len(group)
@@ -97,15 +103,19 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self._enough = None
 
-    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R]]]]:
-        taken: list[tuple[list[T], asyncio.Future[list[R]]]] = []
-        count = 0
+    def _take(self) -> list[tuple[list[T], asyncio.Future[list[R]], int]]:
+        """The next call's groups: whole groups within ``max_batch`` and ``max_cost``."""
+        taken: list[tuple[list[T], asyncio.Future[list[R]], int]] = []
+        count = cost = 0
+        max_cost = self._max_cost if self._max_cost is not None else float("inf")
         while self._pending:
-            size = len(self._pending[0][0])
-            if taken and count + size > self._max_batch:
+            items, _, group_cost = self._pending[0]
+            if taken and (count + len(items) > self._max_batch
+                          or cost + group_cost > max_cost):
                 break
             taken.append(self._pending.popleft())
-            count += size
+            count += len(items)
+            cost += group_cost
         self._queued -= count
         return taken
 

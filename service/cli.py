@@ -1,7 +1,8 @@
 """``mimea serve``: load a checkpoint and serve it with uvicorn.
 
-The checkpoint is loaded before uvicorn starts, so a missing, truncated or inconsistent one ends
-the command with one clear message and a non-zero exit status instead of a server traceback.
+The settings are validated and the checkpoint is loaded before uvicorn starts, so bad input ends
+the command with one ``error: ...`` line instead of a server traceback. Exit status: 2 for bad
+input (settings, checkpoint), 1 for a runtime failure (e.g. no GPU for ``--device cuda``).
 ``python -m service.cli serve ...`` runs the same command without the training package.
 """
 
@@ -18,6 +19,9 @@ from pydantic import ValidationError
 from model.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
+
+BAD_INPUT = 2
+RUNTIME_FAILURE = 1
 
 
 class IndexChoice(StrEnum):
@@ -52,6 +56,7 @@ def serve(
     from service.aligner import Aligner
     from service.errors import StartupError
     from service.main import create_app
+    from service.protocol import guarded_protocol
     from service.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -60,18 +65,34 @@ def serve(
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        typer.echo(f"error: invalid settings: {settings_errors(exc)}", err=True)
+        raise typer.Exit(BAD_INPUT) from exc
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         aligner = Aligner.load(settings)
-    except (CheckpointError, StartupError) as exc:
-        typer.echo(f"error: cannot start the service: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    except CheckpointError as exc:
+        typer.echo(f"error: cannot start the service: {one_line(exc)}", err=True)
+        raise typer.Exit(BAD_INPUT) from exc
+    except StartupError as exc:
+        typer.echo(f"error: cannot start the service: {one_line(exc)}", err=True)
+        raise typer.Exit(RUNTIME_FAILURE) from exc
     app = create_app(settings, aligner=aligner)
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
-                access_log=access_log)
+                access_log=access_log, timeout_keep_alive=settings.keep_alive_timeout_s,
+                limit_concurrency=settings.limit_concurrency,
+                http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes))
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line, as a terminal or a log collector shows it best."""
+    return " ".join(str(exc).split())
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """Each invalid setting and why, on one line, without echoing values (secrets)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                     for err in exc.errors())
 
 
 def register(app: typer.Typer) -> None:

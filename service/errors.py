@@ -72,7 +72,10 @@ def error_response(status_code: int, code: str, message: str,
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."},
     404: {"model": ErrorResponse, "description": "Unknown entity."},
-    422: {"model": ErrorResponse, "description": "Malformed body or out-of-range parameter."},
+    413: {"model": ErrorResponse, "description": "Request body over MIMEA_MAX_BODY_BYTES."},
+    422: {"model": ErrorResponse,
+          "description": "Malformed body, out-of-range parameter, or more candidates asked for "
+                         "(entities x k) than MIMEA_MAX_REQUEST_CANDIDATES."},
 }
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

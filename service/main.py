@@ -21,6 +21,7 @@ from service.aligner import Aligner
 from service.api.routes import align, candidates, entities, health, model
 from service.cache import build_cache
 from service.errors import install_error_handlers
+from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.serving import AlignmentService
 from service.settings import Settings
@@ -78,5 +79,7 @@ def create_app(settings: Settings | None = None, *, aligner: Aligner | None = No
     for router in (candidates.router, align.router, entities.router, model.router,
                    health.router):
         app.include_router(router)
+    # Inside the metrics middleware (added after it), so its 413s are counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -3,11 +3,15 @@
 Answers are produced as JSON bytes once (in the worker thread), stored in the cache as such and
 returned as such, so a cache hit costs one lookup and no serialisation. Batch answers are the
 single answers joined, so a batch route returns exactly what the single route would.
+
+Every request is bounded: a candidates request asks for at most ``max_request_candidates``
+(entities x k), and a batch is computed in chunks of at most ``chunk_candidates`` candidates
+(align: ``max_batch_size`` pairs) submitted one after another, so a large batch shares the
+search worker with the requests that arrive meanwhile instead of holding it for its duration.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +39,9 @@ class AlignmentService:
         self.cache = cache
         self.metrics = metrics
         self._prefix = f"{settings.cache_namespace}:{aligner.model_version}:"
+        self._max_candidates = settings.max_request_candidates
+        self._chunk_candidates = settings.chunk_candidates
+        self._max_batch = settings.max_batch_size
         # One worker: searches and matmuls already use BLAS/OpenMP threads. OpenMP's thread count
         # is per calling thread, so the worker sets its own when it starts.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mimea-search",
@@ -42,8 +49,8 @@ class AlignmentService:
         window = settings.batch_window_ms / 1000.0
         self._candidates = MicroBatcher(
             self._candidates_bytes, self._executor, max_batch=settings.max_batch_size,
-            window_s=window,
-            on_batch=lambda n, s: metrics.observe_batch("candidates", n, s))
+            window_s=window, on_batch=lambda n, s: metrics.observe_batch("candidates", n, s),
+            cost=lambda query: query[1], max_cost=settings.chunk_candidates)
         self._align = MicroBatcher(
             self._align_bytes, self._executor, max_batch=settings.max_batch_size,
             window_s=window, on_batch=lambda n, s: metrics.observe_batch("align", n, s))
@@ -53,17 +60,28 @@ class AlignmentService:
 
     # ---------------------------------------------------------------------- resolution
 
-    async def resolve(self, uri: str) -> int:
-        """Row of ``uri``; unknown → 404 with suggestions (computed off the event loop)."""
+    def resolve(self, uri: str) -> int:
+        """Row of ``uri``; unknown → 404 with suggestions (bounded to a few ms and memoised,
+        so computed in place: a thread hop would cost more than it saves)."""
         row = self.aligner.row_of.get(uri)
         if row is None:
-            loop = asyncio.get_running_loop()
-            suggestions = await loop.run_in_executor(None, self.aligner.suggest, uri)
-            raise EntityNotFound(uri, suggestions)
+            raise EntityNotFound(uri, self.aligner.suggest(uri))
         return row
 
-    async def resolve_pair(self, source: str, target: str, *, where: str = "") -> tuple[int, int]:
-        s, t = await self.resolve(source), await self.resolve(target)
+    def check_cost(self, entities: int, k: int) -> None:
+        """422 for a request asking for more than ``max_request_candidates`` candidates."""
+        asked = entities * k
+        if asked > self._max_candidates:
+            raise ServiceError(
+                422, "too_many_candidates",
+                f"{entities} entities x k={k} asks for {asked} candidates; at most "
+                f"{self._max_candidates} per request (MIMEA_MAX_REQUEST_CANDIDATES): lower k "
+                f"or split the batch",
+                {"entities": entities, "k": k, "candidates": asked,
+                 "limit": self._max_candidates})
+
+    def resolve_pair(self, source: str, target: str, *, where: str = "") -> tuple[int, int]:
+        s, t = self.resolve(source), self.resolve(target)
         kgs = self.aligner.kgs
         if kgs[s] == kgs[t]:
             raise ServiceError(422, "same_kg",
@@ -80,19 +98,25 @@ class AlignmentService:
         return [_dumps(r) for r in self.aligner.align_batch(pairs)]
 
     async def _cached(self, kind: str, keys: list[str], items: list[Any],
-                      batcher: MicroBatcher[Any, bytes]) -> list[bytes]:
-        """Cached answers for ``keys``; the misses are computed in one batched call."""
+                      batcher: MicroBatcher[Any, bytes], chunk: int) -> list[bytes]:
+        """Cached answers for ``keys``; the misses are computed ``chunk`` at a time, each
+        chunk queued only once the previous one is answered."""
         answers = await self.cache.get_many(keys)
         missing = [i for i, a in enumerate(answers) if a is None]
         if len(missing) < len(keys):
             self._hits[kind].inc(len(keys) - len(missing))
         if missing:
             self._misses[kind].inc(len(missing))
-            computed = await batcher.submit_many([items[i] for i in missing])
-            for i, value in zip(missing, computed, strict=True):
+        for lo in range(0, len(missing), chunk):
+            part = missing[lo:lo + chunk]
+            computed = await batcher.submit_many([items[i] for i in part])
+            for i, value in zip(part, computed, strict=True):
                 answers[i] = value
-            await self.cache.set_many({keys[i]: answers[i] for i in missing})  # type: ignore[misc]
+            await self.cache.set_many({keys[i]: answers[i] for i in part})  # type: ignore[misc]
         return answers  # type: ignore[return-value]
+
+    def _candidates_chunk(self, k: int) -> int:
+        return max(1, min(self._max_batch, self._chunk_candidates // k))
 
     def _candidates_key(self, row: int, k: int, csls: bool) -> str:
         return f"{self._prefix}cand:{row}:{k}:{int(csls)}"
@@ -101,25 +125,30 @@ class AlignmentService:
         return f"{self._prefix}align:{s}:{t}"
 
     async def candidates(self, entity: str, k: int, csls: bool) -> bytes:
-        row = await self.resolve(entity)
+        self.check_cost(1, k)
+        row = self.resolve(entity)
         key = self._candidates_key(row, k, csls)
-        return (await self._cached("candidates", [key], [(row, k, csls)], self._candidates))[0]
+        return (await self._cached("candidates", [key], [(row, k, csls)], self._candidates,
+                                   1))[0]
 
-    async def candidates_batch(self, queries: Sequence[tuple[str, int, bool]]) -> bytes:
-        items = [(await self.resolve(e), k, c) for e, k, c in queries]
+    async def candidates_batch(self, entities: Sequence[str], k: int, csls: bool) -> bytes:
+        self.check_cost(len(entities), k)
+        items = [(self.resolve(e), k, csls) for e in entities]
         keys = [self._candidates_key(*item) for item in items]
-        answers = await self._cached("candidates", keys, items, self._candidates)
+        answers = await self._cached("candidates", keys, items, self._candidates,
+                                     self._candidates_chunk(k))
         return b'{"results":[' + b",".join(answers) + b"]}"
 
     async def align(self, source: str, target: str) -> bytes:
-        pair = await self.resolve_pair(source, target)
-        return (await self._cached("align", [self._align_key(*pair)], [pair], self._align))[0]
+        pair = self.resolve_pair(source, target)
+        return (await self._cached("align", [self._align_key(*pair)], [pair], self._align,
+                                   1))[0]
 
     async def align_batch(self, pairs: Sequence[tuple[str, str]]) -> bytes:
-        items = [await self.resolve_pair(s, t, where=f"pairs[{i}]: ")
+        items = [self.resolve_pair(s, t, where=f"pairs[{i}]: ")
                  for i, (s, t) in enumerate(pairs)]
         keys = [self._align_key(*item) for item in items]
-        answers = await self._cached("align", keys, items, self._align)
+        answers = await self._cached("align", keys, items, self._align, self._max_batch)
         return b'{"results":[' + b",".join(answers) + b"]}"
 
     def entities(self, kg: int | None, prefix: str, limit: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from bench.checkpoints import noisy_copy_embeddings
 from model.checkpoint import EntityTable, write_checkpoint
 from service.main import create_app
 from service.settings import Settings
+from tests.service.redis_process import RedisProcess
 
 DIMS = {"structure": 32, "relation": 16, "attribute": 16, "visual": 24}
 N1, N2, N_GOLD = 300, 320, 300
@@ -145,3 +147,18 @@ def _free_port() -> int:
 def free_port() -> Callable[[], int]:
     """A function returning a currently unused local TCP port."""
     return _free_port
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[RedisProcess]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (required in CI)")
+        pytest.skip("redis-server is not installed")
+    server = RedisProcess(binary, tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -102,3 +102,35 @@ def test_window_refills_batches_without_delaying_a_lone_request() -> None:
     assert asyncio.run(scenario()) < 0.04
     assert sum(calls) == 40
     assert max(calls) == 8 and calls.count(8) >= 4
+
+
+@pytest.mark.parametrize("groups,max_cost,expected", [
+    ([[3], [3], [3]], 6, [[3, 3], [3]]),          # two groups fit, the third waits
+    ([[3], [3], [3]], 5, [[3], [3], [3]]),        # one at a time
+    ([[9], [1]], 5, [[9], [1]]),                  # a group over the budget still runs, alone
+    ([[1, 1], [1, 1]], None, [[1, 1, 1, 1]]),     # no cost budget: only max_batch applies
+])
+def test_cost_budget_bounds_each_call(groups: list[list[int]], max_cost: int | None,
+                                      expected: list[list[int]]) -> None:
+    calls: list[list[int]] = []
+    gate = threading.Event()
+
+    def record(items: Sequence[int]) -> list[int]:
+        gate.wait(1)
+        calls.append(list(items))
+        return list(items)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(record, pool, max_batch=64, cost=lambda item: item,
+                                   max_cost=max_cost)
+            first = asyncio.create_task(batcher.submit(0))  # holds the worker
+            await asyncio.sleep(0.01)
+            rest = [asyncio.create_task(batcher.submit_many(g)) for g in groups]
+            await asyncio.sleep(0.01)
+            gate.set()
+            await asyncio.gather(first, *rest)
+            await batcher.aclose()
+
+    asyncio.run(scenario())
+    assert calls[1:] == expected

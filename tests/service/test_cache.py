@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from service.cache import LRUCache
 from service.main import create_app
 from service.settings import Settings
+from tests.service.redis_process import RedisProcess
 
 ENTITY = "/m/0abc000"
 OTHER = "http://dbpedia.org/resource/Entity_1"
@@ -77,55 +73,6 @@ def test_redis_hit_and_miss(make_settings: Callable[..., Settings], redis_url: s
     assert len(keys) == 3
     assert all(k.startswith(f"{namespace}:{synthetic.model_version}:".encode()) for k in keys)
     assert 0 < redis.Redis.from_url(redis_url).ttl(keys[0]) <= 120
-
-
-class RedisProcess:
-    """A private redis-server on a fixed port that the test can stop and start again."""
-
-    def __init__(self, binary: str, workdir: Path, port: int) -> None:
-        self.binary = binary
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[RedisProcess]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (required in CI)")
-        pytest.skip("redis-server is not installed")
-    server = RedisProcess(binary, tmp_path, free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_redis_down_serves_uncached_then_recovers(make_settings: Callable[..., Settings],

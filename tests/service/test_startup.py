@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import pytest
 import torch
 import typer
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from service.aligner import evaluated_csls_k
 from service.cli import register
 from service.errors import StartupError
 from service.main import create_app
@@ -43,10 +46,13 @@ def _garbage_config(path: Path) -> None:
     (path / "config.json").write_text("{not json", encoding="utf-8")
 
 
-BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {  # breakage, message pattern
     "missing file": (_missing_file, "missing metrics.json"),
-    "truncated safetensors": (_truncated_embeddings, "not a readable safetensors file"),
-    "shapes vs entities.tsv": (_entities_row_dropped, "but the entity table has 619 rows"),
+    "truncated safetensors": (_truncated_embeddings,
+                              r"not a readable safetensors file|embeddings\.safetensors is 1000 "
+                              r"bytes"),
+    "shapes vs entities.tsv": (_entities_row_dropped,
+                               r"but the entity table has 619 rows|entities\.tsv is \d+ bytes"),
     "unreadable config": (_garbage_config, "not readable JSON"),
 }
 
@@ -129,11 +135,49 @@ def _cli() -> typer.Typer:
     return app
 
 
-def test_cli_serve_exits_non_zero_with_message(broken: tuple[Path, str]) -> None:
+def test_cli_serve_bad_checkpoint_exits_2_with_one_line(broken: tuple[Path, str]) -> None:
     path, message = broken
     result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(path)])
+    assert result.exit_code == 2  # a bad checkpoint is bad input
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "cannot start the service" in result.output and re.search(message, result.output)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"MIMEA_API_KEY": " "}, "api_key: Value error, api_key is blank"),
+    ({"MIMEA_API_KEY": "\t"}, "api_key: Value error, api_key is blank"),
+    ({"MIMEA_API_KEY": "key\n"}, "surrounding whitespace"),
+    ({"MIMEA_REDIS_URL": "redis://127.0.0.1:99999"}, "redis_url: Value error, redis_url is not "
+                                                     "a valid Redis URL: Port out of range"),
+    ({"MIMEA_REDIS_URL": "http://localhost"}, "redis_url must start with redis://"),
+    ({"MIMEA_MAX_BODY_BYTES": "-1"}, "max_body_bytes: Input should be greater than or equal"),
+])
+def test_cli_bad_settings_exit_2_with_one_line(synthetic, env: dict[str, str],
+                                               expected: str) -> None:
+    result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path)],
+                                env=env)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: invalid settings")
+    assert expected in result.output
+    assert "password" not in result.output and "input_value" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cli_runtime_failure_exits_1(synthetic) -> None:
+    result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path),
+                                         "--device", "cuda"])
     assert result.exit_code == 1
-    assert "cannot start the service" in result.output and message in result.output
+    assert result.output.startswith("error: cannot start the service") and "cuda" in \
+        result.output
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+def test_api_key_empty_is_unset_but_blank_is_refused(value: str) -> None:
+    if value == "":
+        assert Settings(api_key=value).api_key is None
+    else:
+        with pytest.raises(ValidationError, match="api_key is blank"):
+            Settings(api_key=value)
 
 
 def test_cli_rejects_invalid_options(synthetic) -> None:
@@ -142,14 +186,22 @@ def test_cli_rejects_invalid_options(synthetic) -> None:
     assert result.exit_code == 2
 
 
-def test_serve_subprocess_fails_cleanly(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--checkpoint",
-                           str(tmp_path / "absent")], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
-    assert proc.returncode == 1
-    assert "cannot start the service" in proc.stderr and "does not exist" in proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args,env,expected", [
+    (["--checkpoint", "absent"], {}, "does not exist"),
+    (["--checkpoint", "absent", "--redis-url", "redis://127.0.0.1:99999"], {},
+     "Port out of range"),
+    (["--checkpoint", "absent"], {"MIMEA_API_KEY": "  "}, "api_key is blank"),
+])
+def test_serve_subprocess_fails_with_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                         env: dict[str, str],
+                                                         expected: str) -> None:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", *args],
+                          capture_output=True, text=True, env=full_env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_csls_k_follows_the_checkpoint_unless_set(synthetic, tmp_path: Path,
@@ -168,3 +220,17 @@ def test_csls_k_follows_the_checkpoint_unless_set(synthetic, tmp_path: Path,
                                             (path, {"csls_k": 5}, 5)]:
         with TestClient(create_app(make_settings(checkpoint=checkpoint, **overrides))) as client:
             assert client.get("/model").json()["csls_k"] == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, 101, 10**9, "10", 2.5, True, None])
+def test_out_of_range_checkpoint_csls_k_is_refused(value: object) -> None:
+    """A checkpoint's eval.csls_k of 10^9 took 30 s to load; now it is a CheckpointError."""
+    with pytest.raises(CheckpointError, match=r"eval\.csls_k must be an integer from 1 to 100"):
+        evaluated_csls_k({"config": {"eval": {"csls_k": value}}})
+
+
+@pytest.mark.parametrize("config,expected", [({}, 10), ({"config": {"eval": {}}}, 10),
+                                             ({"config": {"eval": {"csls_k": 1}}}, 1),
+                                             ({"config": {"eval": {"csls_k": 100}}}, 100)])
+def test_checkpoint_csls_k_in_range_is_used(config: dict, expected: int) -> None:
+    assert evaluated_csls_k(config) == expected

@@ -36,5 +36,5 @@ async def candidates(
 @router.post("/candidates:batch", response_model=CandidatesBatchResponse,
              summary="Candidates for many entities with one index search")
 async def candidates_batch(service: ServiceDep, body: CandidatesBatchRequest) -> Response:
-    queries = [(entity, body.k, body.csls) for entity in body.entities]
-    return Response(await service.candidates_batch(queries), media_type=_JSON)
+    return Response(await service.candidates_batch(body.entities, body.k, body.csls),
+                    media_type=_JSON)
