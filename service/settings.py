@@ -52,7 +52,7 @@ class Settings(BaseSettings):
                     "is refused with 422 before any work, so no single request can pin the "
                     "search worker, the memory or the cache.")
     chunk_candidates: int = Field(
-        4096, ge=1, le=1_048_576,
+        2048, ge=1, le=1_048_576,
         description="Most candidates computed in one worker call. Batch requests beyond it are "
                     "split into chunks queued one after another, so other requests interleave "
                     "instead of waiting for the whole batch.")

@@ -23,10 +23,10 @@ import numpy as np
 PROBE_CHARS = 256  # characters of a probe (and of each identifier) that are compared
 SUGGESTIONS = 5
 CUTOFF = 0.6  # least difflib ratio of a suggestion
-SHORTLIST = 12  # identifiers ranked by shared trigrams that difflib compares
-NEIGHBOURS = 4  # identifiers on each side of the probe in sorted order that difflib compares
+SHORTLIST = 8  # identifiers ranked by shared trigrams that difflib compares
+NEIGHBOURS = 3  # identifiers on each side of the probe in sorted order that difflib compares
 POSTINGS_BUDGET = 100_000  # identifier ids gathered per probe from its rarest trigrams
-TIME_BUDGET_S = 0.005  # difflib time per probe, checked between comparisons
+TIME_BUDGET_S = 0.003  # difflib time per probe, checked between comparisons
 MEMO_SIZE = 4096  # probes whose suggestions are remembered
 
 
