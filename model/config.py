@@ -112,6 +112,10 @@ class TrainingConfig(_Strict):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
+    steps_per_epoch: int = Field(
+        0, ge=0, description="most optimiser steps per epoch, each one pass over the graph; "
+        "beyond, a step takes several batches (each with its own negatives) sharing one pass, "
+        "so an epoch's cost grows with the pairs, not pairs x entities; 0: a step per batch")
     lr: float = Field(0.005, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine: each fit (the base run, every pseudo-label round) "
@@ -153,8 +157,8 @@ class DataConfig(_Strict):
 class EvalConfig(_Strict):
     """How test pairs are ranked (``training/evaluation.py``)."""
 
-    csls_k: int = Field(3, ge=1, le=100, description="neighbours averaged for CSLS; 2-3 scored best on "
-                        "full-pool validation with the propagated labels (BENCHMARKS.md)")
+    csls_k: int = Field(3, ge=1, le=100, description="neighbours averaged for CSLS; 2-3 scored "
+                        "best on full-pool validation with the propagated labels (BENCHMARKS.md)")
     sinkhorn_reg: float = Field(0.02, gt=0.0, description="entropy of the Sinkhorn ranking, "
                                 "in CSLS units; 0.02 scored best on full-pool validation "
                                 "(BENCHMARKS.md)")
