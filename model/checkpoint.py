@@ -5,8 +5,14 @@ A checkpoint holds only data formats that load without running code::
     config.json             format version, model version, manifest ("files"), model config
                             ("config"), data description, modality order, embedding sizes
     weights.safetensors     the network's state dict
-    embeddings.safetensors  "joint" [N, D], "modality.<name>" [N, d_m] per modality,
-                            "fusion_weights" [N, M], "mask" [N, M] (bool), M = len(modalities)
+    embeddings.safetensors  "joint" [N, D] float32, "modality.<name>" [N, d_m] per modality
+                            (float16: only the per-modality breakdown reads them),
+                            "fusion_weights" [N, M], "mask" [N, M] (bool), M = len(modalities);
+                            optionally the ranking terms the service needs to rank as the
+                            evaluation does (model/ranking.py): "csls_r" [N], each entity's
+                            mean cosine to its eval.csls_k nearest entities of the other KG,
+                            and "sinkhorn_potential" [N], its log scaling (u for KG1, v for
+                            KG2) in the sparse Sinkhorn plan over every entity of both KGs
     entities.tsv            header ``id<TAB>kg<TAB>uri``; row i describes embedding row i;
                             kg is 1 or 2; ids fit int64; URIs obey model.identifiers
     split.json              train ratio, seed, and the train/valid/test pairs as entity ids
@@ -56,6 +62,7 @@ from model.identifiers import identifier_problem, strip_bom
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+RANKING_TENSORS = ("csls_r", "sinkhorn_potential")
 READABLE_FORMATS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -102,6 +109,8 @@ class EmbeddingTables:
     modalities: dict[str, torch.Tensor]
     fusion_weights: torch.Tensor
     mask: torch.Tensor
+    csls_r: torch.Tensor | None = None
+    sinkhorn_potential: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -241,12 +250,22 @@ def _remove_old_versions(path: Path, *, keep: Sequence[Path | None]) -> None:
 
 def _embedding_tensors(embeddings: EmbeddingTables) -> dict[str, torch.Tensor]:
     tensors = {
-        "joint": embeddings.joint,
+        "joint": embeddings.joint.float(),
         "fusion_weights": embeddings.fusion_weights,
         "mask": embeddings.mask.bool(),
-        **{f"modality.{m}": t for m, t in embeddings.modalities.items()},
+        **{f"modality.{m}": _half(t) for m, t in embeddings.modalities.items()},
+        **{name: t.float() for name in RANKING_TENSORS
+           if (t := getattr(embeddings, name)) is not None},
     }
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _half(table: torch.Tensor) -> torch.Tensor:
+    """``table`` in float16 where that keeps it finite (half the bytes; the breakdown of a
+    cosine into modalities needs no more), else as it is."""
+    half = table.detach().half()
+    return half if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(table).all()) \
+        else table
 
 
 def _write_entities(path: Path, entities: EntityTable) -> None:
@@ -472,6 +491,7 @@ def _read_embeddings(path: Path, modalities: list[str], *, shown: Path) -> Embed
         modalities={m: tensors[f"modality.{m}"].float() for m in modalities},
         fusion_weights=tensors["fusion_weights"].float(),
         mask=tensors["mask"].bool(),
+        **{name: tensors[name].float() for name in RANKING_TENSORS if name in tensors},
     )
 
 
@@ -497,6 +517,12 @@ def _check_consistency(entities: EntityTable, embeddings: EmbeddingTables,
             raise CheckpointError(
                 f"checkpoint {source}: {name!r} in {EMBEDDINGS_FILE} has shape {tuple(shape)}, "
                 f"expected {(n, len(modalities))}")
+    for name in RANKING_TENSORS:
+        tensor = getattr(embeddings, name)
+        if tensor is not None and tuple(tensor.shape) != (n,):
+            raise CheckpointError(
+                f"checkpoint {source}: {name!r} in {EMBEDDINGS_FILE} has shape "
+                f"{tuple(tensor.shape)}, expected {(n,)}")
     if set(entities.kgs) != {1, 2}:
         raise CheckpointError(
             f"checkpoint {source}: {ENTITIES_FILE} must hold entities of both KGs 1 and 2")
@@ -506,7 +532,10 @@ def _check_values(embeddings: EmbeddingTables, *, shown: Path) -> None:
     """NaN and infinity break every ranking; huge finite values mean a diverged model."""
     tables = {"joint": embeddings.joint,
               **{f"modality.{m}": t for m, t in embeddings.modalities.items()}}
-    for name, tensor in {**tables, "fusion_weights": embeddings.fusion_weights}.items():
+    ranking = {name: t[:, None] for name in RANKING_TENSORS
+               if (t := getattr(embeddings, name)) is not None}
+    for name, tensor in {**tables, "fusion_weights": embeddings.fusion_weights,
+                         **ranking}.items():
         for kind, bad in (("NaN", torch.isnan(tensor)), ("infinity", torch.isinf(tensor))):
             _refuse_rows(bad, f"{shown}: embedding {name!r} holds {kind}")
     for name, tensor in tables.items():

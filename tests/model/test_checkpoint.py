@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -78,8 +79,10 @@ def test_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.embeddings.fusion_weights, expected.fusion_weights,
                                rtol=0, atol=0)
     assert torch.equal(loaded.embeddings.mask, expected.mask)
-    for name in MODALITIES:
-        assert torch.equal(loaded.embeddings.modalities[name], expected.modalities[name])
+    for name in MODALITIES:  # stored in float16: the per-modality breakdown needs no more
+        assert torch.equal(loaded.embeddings.modalities[name],
+                           expected.modalities[name].half().float())
+    assert loaded.embeddings.csls_r is None and loaded.embeddings.sinkhorn_potential is None
     for name, tensor in content["weights"].items():
         assert torch.equal(loaded.weights[name], tensor)
     assert loaded.entities == content["entities"]
@@ -389,3 +392,25 @@ def test_loads_during_replacement_see_one_whole_version(start: str, tmp_path: Pa
         writer.join()
     assert not failures
     assert len([n for n in _siblings(path) if n.startswith(".out.v-")]) == 2
+
+
+def test_ranking_terms_round_trip_and_are_checked(tmp_path: Path) -> None:
+    content = _content()
+    emb: EmbeddingTables = content["embeddings"]
+    n = len(emb.joint)
+    terms = {"csls_r": torch.linspace(0.1, 0.9, n),
+             "sinkhorn_potential": torch.linspace(-12.0, -3.0, n)}
+    content["embeddings"] = dataclasses.replace(emb, **terms)
+    write_checkpoint(tmp_path / "ok", **content)
+    loaded = load_checkpoint(tmp_path / "ok").embeddings
+    assert torch.equal(loaded.csls_r, terms["csls_r"])
+    assert torch.equal(loaded.sinkhorn_potential, terms["sinkhorn_potential"])
+    content["embeddings"] = dataclasses.replace(emb, csls_r=torch.zeros(n + 1))
+    with pytest.raises(CheckpointError, match=r"'csls_r' in embeddings.safetensors has shape"):
+        write_checkpoint(tmp_path / "short", **content)
+    bad = terms["sinkhorn_potential"].clone()
+    bad[2] = float("nan")
+    content["embeddings"] = dataclasses.replace(emb, sinkhorn_potential=bad)
+    write_checkpoint(tmp_path / "nan", **content)
+    with pytest.raises(CheckpointError, match="'sinkhorn_potential' holds NaN, first at row 2"):
+        load_checkpoint(tmp_path / "nan")

@@ -159,6 +159,15 @@ def _set_value(name: str, row: int, value: float) -> Callable[[Path], None]:
     return _edit_tensors(edit_tensors)
 
 
+def _add_tensor(name: str, value: float, *, extra_rows: int = 0) -> Callable[[Path], None]:
+    """A ranking-term tensor ``[N + extra_rows]`` of ``value`` (a NaN at row 2 for NaN)."""
+    def edit_tensors(tensors: dict[str, torch.Tensor]) -> None:
+        column = torch.full((len(tensors["joint"]) + extra_rows,), 0.5)
+        column[2] = value
+        tensors[name] = column
+    return _edit_tensors(edit_tensors)
+
+
 def _drop_tensor(name: str) -> Callable[[Path], None]:
     def edit_tensors(tensors: dict[str, torch.Tensor]) -> None:
         del tensors[name]
@@ -302,9 +311,17 @@ FAULTS: dict[str, Fault] = {
                           "'modality.visual' holds infinity, first at row 2", reseal=True),
     "fusion_weights_nan": Fault(_set_value("fusion_weights", 0, float("nan")), EMBEDDINGS_FILE,
                                 "'fusion_weights' holds NaN", reseal=True),
+    "joint_huge": Fault(_set_value("joint", 6, 1e30), EMBEDDINGS_FILE,
+                        "'joint' holds values beyond ±1e+06 (a diverged model), first at row 6",
+                        reseal=True),
+    # float16 tables: a huge value is stored as infinity
     "modality_huge": Fault(_set_value("modality.structure", 6, 1e30), EMBEDDINGS_FILE,
-                           "'modality.structure' holds values beyond ±1e+06 (a diverged "
-                           "model), first at row 6", reseal=True),
+                           "'modality.structure' holds infinity, first at row 6", reseal=True),
+    "sinkhorn_potential_nan": Fault(_add_tensor("sinkhorn_potential", float("nan")),
+                                    EMBEDDINGS_FILE, "'sinkhorn_potential' holds NaN",
+                                    reseal=True),
+    "csls_r_wrong_shape": Fault(_add_tensor("csls_r", 0.5, extra_rows=1), EMBEDDINGS_FILE,
+                                "'csls_r' in embeddings.safetensors has shape", reseal=True),
     # entities.tsv
     "entities_carriage_return": Fault(_set_entity_line(3, "1\t1\thttp://kg1/e1\r"),
                                       ENTITIES_FILE, "entities.tsv:3: the identifier "

@@ -1,0 +1,120 @@
+"""The three rankings of MIMEA over two sets of entities, as per-entity terms.
+
+Every ranking scores a source s and a target t of the other KG as
+``scale * cos(s, t) + row_bias[s] + col_bias[t]``:
+
+- cosine: scale 1, no bias;
+- CSLS: scale 2, biases ``-r`` (each entity's mean cosine to its k nearest of the other side);
+- Sinkhorn: scale ``2 / reg``, column bias ``log v[t] - r[t] / reg`` (KG2 targets) or
+  ``log u[t] - r[t] / reg`` (KG1 targets), where ``u, v`` scale the entropic one-to-one plan
+  whose gain is CSLS / reg and whose support is the union of both sides' top-K candidates.
+
+The terms come from candidate searches and a sparse plan (``model/similarity.py``), so no
+``[N1, N2]`` matrix ever exists. Training, evaluation and the service all rank through
+:func:`ranking_terms` and :func:`score_form`, so what is evaluated is what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from model.similarity import (
+    candidate_edges,
+    csls_means,
+    csls_scores,
+    normalise,
+    sparse_sinkhorn,
+    topk_candidates,
+)
+
+Ranking = Literal["cosine", "csls", "sinkhorn"]
+RANKINGS: tuple[Ranking, ...] = ("cosine", "csls", "sinkhorn")
+
+
+@dataclass(frozen=True)
+class RankingTerms:
+    """Per-entity terms of the rankings between sources ``[n1]`` and targets ``[n2]``.
+
+    ``edges [E, 2]`` (source, target positions) is the candidate support with each edge's
+    cosine ``edge_cos [E]``; ``log_u``/``log_v`` are the plan's log scalings (``None`` when no
+    plan was asked for).
+    """
+
+    r_source: torch.Tensor
+    r_target: torch.Tensor
+    edges: torch.Tensor
+    edge_cos: torch.Tensor
+    reg: float | None = None
+    log_u: torch.Tensor | None = None
+    log_v: torch.Tensor | None = None
+
+    def edge_csls(self) -> torch.Tensor:
+        """CSLS ``[E]`` of every candidate edge."""
+        return csls_scores(self.edge_cos, self.r_source[self.edges[:, 0]],
+                           self.r_target[self.edges[:, 1]])
+
+    def edge_log_plan(self) -> torch.Tensor:
+        """Log plan mass ``[E]`` of every candidate edge (needs the plan)."""
+        if self.log_u is None or self.log_v is None or self.reg is None:
+            raise ValueError("these ranking terms were computed without a Sinkhorn plan")
+        return (self.log_u[self.edges[:, 0]] + self.log_v[self.edges[:, 1]]
+                + self.edge_csls() / self.reg)
+
+
+def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candidates: int,
+                  reg: float | None = None, iterations: int = 20,
+                  use_gpu: bool = False) -> RankingTerms:
+    """CSLS terms (and with ``reg`` the Sinkhorn plan) between ``source [n1, d]`` and
+    ``target [n2, d]`` (normalised here).
+
+    One top-``max(candidates, k)`` search each way gives the candidate support and, from its
+    first ``k`` columns, each entity's r; the plan lives on the support only.
+    """
+    source, target = normalise(source.float()), normalise(target.float())
+    width = max(candidates, k)
+    scores_12, ids_12 = topk_candidates(source, target, width, use_gpu=use_gpu)
+    scores_21, ids_21 = topk_candidates(target, source, width, use_gpu=use_gpu)
+    r_source, r_target = csls_means(scores_12, k), csls_means(scores_21, k)
+    edges, edge_cos = candidate_edges(ids_12, scores_12, ids_21, scores_21, len(source),
+                                      len(target))
+    terms = RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos)
+    if reg is None:
+        return terms
+    log_u, log_v = sparse_sinkhorn(edges, terms.edge_csls(), len(source), len(target), reg=reg,
+                                   iterations=iterations)
+    return RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos,
+                        reg=reg, log_u=log_u, log_v=log_v)
+
+
+@dataclass(frozen=True)
+class ScoreForm:
+    """``scale * cos(s, t) + row_bias[s] + col_bias[t]`` (biases ``None`` when zero)."""
+
+    scale: float
+    row_bias: torch.Tensor | None
+    col_bias: torch.Tensor | None
+
+
+def score_form(ranking: Ranking, r_query: torch.Tensor | None = None,
+               r_key: torch.Tensor | None = None, log_key: torch.Tensor | None = None,
+               reg: float | None = None) -> ScoreForm:
+    """The score of ``ranking`` for queries with CSLS terms ``r_query`` against keys with
+    ``r_key`` and, for the Sinkhorn ranking, plan potentials ``log_key`` (entropy ``reg``).
+
+    The Sinkhorn ranking drops the query's own terms (``r_query / reg + log u``): they shift a
+    whole row and change no ranking.
+    """
+    if ranking == "cosine":
+        return ScoreForm(1.0, None, None)
+    if r_query is None or r_key is None:
+        raise ValueError(f"the {ranking} ranking needs the CSLS terms of queries and keys")
+    if ranking == "csls":
+        return ScoreForm(2.0, -r_query, -r_key)
+    if ranking == "sinkhorn":
+        if log_key is None or reg is None:
+            raise ValueError("the sinkhorn ranking needs the plan's potentials and entropy")
+        return ScoreForm(2.0 / reg, None, log_key - r_key / reg)
+    raise ValueError(f"unknown ranking {ranking!r}; use 'cosine', 'csls' or 'sinkhorn'")
