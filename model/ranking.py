@@ -118,3 +118,24 @@ def score_form(ranking: Ranking, r_query: torch.Tensor | None = None,
             raise ValueError("the sinkhorn ranking needs the plan's potentials and entropy")
         return ScoreForm(2.0 / reg, None, log_key - r_key / reg)
     raise ValueError(f"unknown ranking {ranking!r}; use 'cosine', 'csls' or 'sinkhorn'")
+
+
+def serving_terms(joint: torch.Tensor, kgs: torch.Tensor, *, k: int, candidates: int,
+                  reg: float, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranking terms a checkpoint stores for the service: ``(csls_r [N], potential [N])``
+    over every entity (``kgs [N]`` holds 1 or 2), KG1 against KG2.
+
+    ``potential`` is ``log u`` on KG1 rows and ``log v`` on KG2 rows of the plan over both
+    whole KGs: the plan a deployed aligner can take, seeds included. A source s of either KG
+    then ranks a target t of the other by ``score_form("sinkhorn", ..., log_key=potential[t])``.
+    """
+    rows1 = torch.nonzero(kgs == 1).squeeze(1)
+    rows2 = torch.nonzero(kgs == 2).squeeze(1)
+    terms = ranking_terms(joint[rows1], joint[rows2], k=k, candidates=candidates, reg=reg,
+                          iterations=iterations)
+    assert terms.log_u is not None and terms.log_v is not None
+    r = joint.new_zeros(len(joint))
+    potential = joint.new_zeros(len(joint))
+    r[rows1], r[rows2] = terms.r_source, terms.r_target
+    potential[rows1], potential[rows2] = terms.log_u, terms.log_v
+    return r, potential
