@@ -20,7 +20,7 @@ import torch
 
 from model.finite import require_finite
 from model.ranking import Ranking, ScoreForm, ranking_terms, score_form
-from model.similarity import normalise, streaming_gold_ranks
+from model.similarity import TIE_TOLERANCE, normalise, streaming_gold_ranks
 
 Similarity = Ranking
 CHUNK = 4096
@@ -69,13 +69,77 @@ def evaluate_pairs(embeddings: torch.Tensor, pairs: torch.Tensor, *,
     entity's ``candidates`` nearest entities of the other pool, both ways. Returns
     ``{"kg1_to_kg2": {...}, "kg2_to_kg1": {...}}``; KG1→KG2 is the headline.
     """
+    return evaluate_rankings(embeddings, pairs, (method,), k=k, sinkhorn_reg=sinkhorn_reg,
+                             sinkhorn_iterations=sinkhorn_iterations, pools=pools,
+                             candidates=candidates)[method]
+
+
+def evaluate_rankings(embeddings: torch.Tensor, pairs: torch.Tensor,
+                      methods: tuple[Similarity, ...] = ("cosine", "csls", "sinkhorn"), *,
+                      k: int = 10, sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
+                      pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      candidates: int = DEFAULT_CANDIDATES,
+                      ) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`evaluate_pairs` for several rankings at once: every rank of every ranking, both
+    directions, comes from one pass over the pairs' cosine blocks."""
     z = _unit_rows(embeddings)
-    sources, targets = pairs[:, 0], pairs[:, 1]
-    forward, backward = _pair_forms(z, pairs, method, k, sinkhorn_reg, sinkhorn_iterations,
-                                    pools, candidates)
-    gold = torch.arange(len(pairs))
-    return {"kg1_to_kg2": ranking_metrics(_ranks(z[sources], gold, z[targets], forward)),
-            "kg2_to_kg1": ranking_metrics(_ranks(z[targets], gold, z[sources], backward))}
+    forms = {method: _pair_forms(z, pairs, method, k, sinkhorn_reg, sinkhorn_iterations, pools,
+                                 candidates) for method in methods}
+    ranks = _pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms)
+    return {method: {"kg1_to_kg2": ranking_metrics(forward),
+                     "kg2_to_kg1": ranking_metrics(backward)}
+            for method, (forward, backward) in ranks.items()}
+
+
+def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
+                forms: dict[str, tuple[ScoreForm, ScoreForm]], *, block: int = 1024,
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Exact gold ranks of aligned ``sources [P, d]`` and ``targets [P, d]`` (pair i is the
+    gold of row i) for each ranking's (KG1→KG2, KG2→KG1) score forms.
+
+    Each ``[P, block]`` block of cosines serves every ranking and both directions: its rows
+    rank targets for the sources, its columns rank sources for the targets of the block.
+    Ties, within float32 rounding, count against the gold.
+    """
+    gold_cos = (sources * targets).sum(dim=1)
+    counts = {m: (torch.zeros(len(sources), dtype=torch.long),
+                  torch.zeros(len(sources), dtype=torch.long)) for m in forms}
+    golds = {m: (_tolerant(f, gold_cos), _tolerant(b, gold_cos)) for m, (f, b) in forms.items()}
+    for lo in range(0, len(targets), block):
+        hi = min(lo + block, len(targets))
+        cos = sources @ targets[lo:hi].T  # [P, hi - lo]
+        own = torch.arange(lo, hi)
+        for method, (forward, backward) in forms.items():
+            gold_f, gold_b = golds[method]
+            scores = _block_scores(forward, cos, cols=slice(lo, hi))
+            counts[method][0].add_((scores >= gold_f[:, None]).sum(dim=1))
+            counts[method][0][own] -= (scores[own, own - lo] >= gold_f[own]).long()
+            scores = _block_scores(backward, cos.T, rows=slice(lo, hi))
+            counts[method][1][lo:hi] += (scores >= gold_b[lo:hi, None]).sum(dim=1)
+            counts[method][1][own] -= (scores[own - lo, own] >= gold_b[own]).long()
+    return {method: (forward + 1, backward + 1) for method, (forward, backward) in counts.items()}
+
+
+def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
+    """A ranking's score of each pair (the row bias left out: it shifts a whole row), lowered
+    by float32 rounding error so that a key tying with the gold counts against it whichever
+    way its sum was rounded (as in ``model.similarity.streaming_gold_ranks``)."""
+    gold = form.scale * gold_cos
+    if form.col_bias is not None:
+        gold = gold + form.col_bias
+    return gold - TIE_TOLERANCE * (abs(form.scale) + gold.abs())
+
+
+def _block_scores(form: ScoreForm, cos: torch.Tensor, *, cols: slice | None = None,
+                  rows: slice | None = None) -> torch.Tensor:
+    """``form`` applied to a cosine block whose keys are ``cols`` of the key set (or, for the
+    transposed block, whose queries are ``rows`` of the query set)."""
+    scores = cos * form.scale
+    if form.col_bias is None:
+        return scores
+    if cols is not None:
+        return scores.add_(form.col_bias[cols][None, :])
+    return scores.add_(form.col_bias[None, :])
 
 
 def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int, reg: float,

@@ -342,3 +342,27 @@ def test_sparse_plan_keeps_the_planted_pairs_where_candidate_lists_are_short() -
     full = evaluate_pairs(emb, pairs, method="sinkhorn", k=3, sinkhorn_reg=0.02, pools=pools,
                           candidates=300)["kg1_to_kg2"]
     assert short["hits1"] >= full["hits1"] - 0.02 and short["hits1"] > 0.9
+
+
+def test_one_pass_ranks_every_ranking_both_ways_across_blocks() -> None:
+    gen = torch.Generator().manual_seed(11)
+    embeddings = torch.randn(40, 6, generator=gen)
+    pairs = torch.stack([torch.arange(0, 17), torch.arange(39, 22, -1)], dim=1)
+    pools = (torch.arange(0, 20), torch.arange(20, 40))
+    z = torch.nn.functional.normalize(embeddings, dim=1)
+    forms = {m: evaluation._pair_forms(z, pairs, m, 2, 0.05, 30, pools, 50)
+             for m in ("cosine", "csls", "sinkhorn")}
+    ranks = evaluation._pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms, block=5)
+    for method in ("cosine", "csls"):
+        sim = similarity_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], method, 2)
+        assert ranks[method][0].tolist() == _brute_ranks(sim)
+        assert ranks[method][1].tolist() == _brute_ranks(sim.T)
+    plan = pooled_sinkhorn_matrix(embeddings, pairs, pools, 2, reg=0.05, iterations=30)
+    assert ranks["sinkhorn"][0].tolist() == _brute_ranks(plan)
+    assert ranks["sinkhorn"][1].tolist() == _brute_ranks(plan.T)
+    together = evaluation.evaluate_rankings(embeddings, pairs, k=2, sinkhorn_reg=0.05,
+                                            sinkhorn_iterations=30, pools=pools)
+    for method in ("cosine", "csls", "sinkhorn"):
+        assert together[method] == evaluate_pairs(embeddings, pairs, method=method, k=2,
+                                                  sinkhorn_reg=0.05, sinkhorn_iterations=30,
+                                                  pools=pools)
