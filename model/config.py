@@ -163,7 +163,7 @@ class EvalConfig(_Strict):
                                 "in CSLS units; 0.02 scored best on full-pool validation "
                                 "(BENCHMARKS.md)")
     sinkhorn_iterations: int = Field(20, ge=1, description="Sinkhorn rounds of that ranking")
-    candidates: int = Field(50, ge=1, le=1000, description="nearest entities of the other KG "
+    candidates: int = Field(100, ge=1, le=1000, description="nearest entities of the other KG "
                             "kept per entity, each way: the support of the Sinkhorn plan")
     headline: Literal["cosine", "csls", "sinkhorn"] = Field(
         "sinkhorn", description="the ranking whose KG1→KG2 test figures are the run's result; "

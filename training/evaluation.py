@@ -24,7 +24,7 @@ from model.similarity import TIE_TOLERANCE, normalise, streaming_gold_ranks
 
 Similarity = Ranking
 CHUNK = 4096
-DEFAULT_CANDIDATES = 50
+DEFAULT_CANDIDATES = 100
 
 
 def gold_ranks(sim: torch.Tensor) -> torch.Tensor:
