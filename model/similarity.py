@@ -33,6 +33,7 @@ IVF_NPROBE = 32
 GPU_MAX_K = 2048  # faiss GPU k-selection limit
 SEARCH_BLOCK = 65_536  # queries per faiss call: bounds the [block, k] result buffers
 RANK_BLOCK = 4_096  # keys per streamed score block
+TIE_TOLERANCE = 1e-5  # relative: float32 dot products of unit vectors agree to ~1e-6
 EDGE_BLOCK = 1 << 20  # edges per gather in edge_cosine
 
 
@@ -304,6 +305,9 @@ def streaming_gold_ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.
     gold_score = scale * (queries * keys[gold]).sum(dim=1) + col_bias[gold]
     if torch.isnan(gold_score + row_bias).any():
         raise ValueError("NaN in the gold scores")
+    # The gold's score here and a key's score in a block come from different float32 sums; a
+    # key within their rounding error of the gold ties with it, and ties count against it.
+    gold_score = gold_score - TIE_TOLERANCE * (abs(scale) + gold_score.abs())
     ahead = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
     for lo in range(0, len(keys), block):
         hi = min(lo + block, len(keys))
