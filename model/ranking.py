@@ -22,12 +22,14 @@ from typing import Literal
 import torch
 
 from model.similarity import (
+    FLAT_MAX_KEYS,
     candidate_edges,
     csls_means,
     csls_scores,
     normalise,
     sparse_sinkhorn,
     topk_candidates,
+    two_way_topk,
 )
 
 Ranking = Literal["cosine", "csls", "sinkhorn"]
@@ -75,8 +77,11 @@ def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candida
     """
     source, target = normalise(source.float()), normalise(target.float())
     width = max(candidates, k)
-    scores_12, ids_12 = topk_candidates(source, target, width, use_gpu=use_gpu)
-    scores_21, ids_21 = topk_candidates(target, source, width, use_gpu=use_gpu)
+    if use_gpu or max(len(source), len(target)) > FLAT_MAX_KEYS:
+        scores_12, ids_12 = topk_candidates(source, target, width, use_gpu=use_gpu)
+        scores_21, ids_21 = topk_candidates(target, source, width, use_gpu=use_gpu)
+    else:  # exact: one pass gives both directions
+        (scores_12, ids_12), (scores_21, ids_21) = two_way_topk(source, target, width)
     r_source, r_target = csls_means(scores_12, k), csls_means(scores_21, k)
     edges, edge_cos = candidate_edges(ids_12, scores_12, ids_21, scores_21, len(source),
                                       len(target))

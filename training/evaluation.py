@@ -99,25 +99,47 @@ def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
 
     Each ``[P, block]`` block of cosines serves every ranking and both directions: its rows
     rank targets for the sources, its columns rank sources for the targets of the block.
-    Ties, within float32 rounding, count against the gold.
+    Ties, within float32 rounding, count against the gold. Only the rows (columns) whose
+    best possible score in the block reaches their gold are compared one by one: with a good
+    ranking, few are.
     """
     gold_cos = (sources * targets).sum(dim=1)
-    counts = {m: (torch.zeros(len(sources), dtype=torch.long),
-                  torch.zeros(len(sources), dtype=torch.long)) for m in forms}
     golds = {m: (_tolerant(f, gold_cos), _tolerant(b, gold_cos)) for m, (f, b) in forms.items()}
+    ahead = {m: (torch.zeros(len(sources), dtype=torch.long),
+                 torch.zeros(len(sources), dtype=torch.long)) for m in forms}
     for lo in range(0, len(targets), block):
         hi = min(lo + block, len(targets))
         cos = sources @ targets[lo:hi].T  # [P, hi - lo]
-        own = torch.arange(lo, hi)
+        row_max, col_max = cos.amax(dim=1), cos.amax(dim=0)
         for method, (forward, backward) in forms.items():
             gold_f, gold_b = golds[method]
-            scores = _block_scores(forward, cos, cols=slice(lo, hi))
-            counts[method][0].add_((scores >= gold_f[:, None]).sum(dim=1))
-            counts[method][0][own] -= (scores[own, own - lo] >= gold_f[own]).long()
-            scores = _block_scores(backward, cos.T, rows=slice(lo, hi))
-            counts[method][1][lo:hi] += (scores >= gold_b[lo:hi, None]).sum(dim=1)
-            counts[method][1][own] -= (scores[own - lo, own] >= gold_b[own]).long()
-    return {method: (forward + 1, backward + 1) for method, (forward, backward) in counts.items()}
+            _count_ahead(ahead[method][0], cos, row_max, forward, gold_f,
+                         keys=slice(lo, hi), own=torch.arange(lo, hi))
+            _count_ahead(ahead[method][1][lo:hi], cos.T, col_max, backward, gold_b[lo:hi],
+                         keys=slice(None), own=torch.arange(lo, hi) - lo, own_key_offset=lo)
+    return {method: (forward + 1, backward + 1) for method, (forward, backward) in ahead.items()}
+
+
+def _count_ahead(ahead: torch.Tensor, cos: torch.Tensor, row_max: torch.Tensor,
+                 form: ScoreForm, gold: torch.Tensor, *, keys: slice, own: torch.Tensor,
+                 own_key_offset: int = 0) -> None:
+    """Add to ``ahead`` (per query row of ``cos``) the keys of this block scoring at least the
+    gold, leaving out each query's own gold key (query ``own[i]``'s gold is key
+    ``own[i] + own_key_offset - keys.start`` of the block)."""
+    bias = None if form.col_bias is None else form.col_bias[keys]
+    bound = form.scale * row_max + (0.0 if bias is None else bias.max())
+    busy = torch.nonzero(bound >= gold).squeeze(1)
+    if len(busy) == 0:
+        return
+    scores = cos[busy] * form.scale
+    if bias is not None:
+        scores += bias[None, :]
+    ahead[busy] += (scores >= gold[busy, None]).sum(dim=1)
+    gold_key = own + own_key_offset - (keys.start or 0)
+    own_scores = form.scale * cos[own, gold_key]
+    if bias is not None:
+        own_scores += bias[gold_key]
+    ahead[own] -= (own_scores >= gold[own]).long()
 
 
 def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
@@ -128,18 +150,6 @@ def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
     if form.col_bias is not None:
         gold = gold + form.col_bias
     return gold - TIE_TOLERANCE * (abs(form.scale) + gold.abs())
-
-
-def _block_scores(form: ScoreForm, cos: torch.Tensor, *, cols: slice | None = None,
-                  rows: slice | None = None) -> torch.Tensor:
-    """``form`` applied to a cosine block whose keys are ``cols`` of the key set (or, for the
-    transposed block, whose queries are ``rows`` of the query set)."""
-    scores = cos * form.scale
-    if form.col_bias is None:
-        return scores
-    if cols is not None:
-        return scores.add_(form.col_bias[cols][None, :])
-    return scores.add_(form.col_bias[None, :])
 
 
 def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int, reg: float,

@@ -24,6 +24,7 @@ from model.similarity import (
     sparse_sinkhorn,
     streaming_gold_ranks,
     topk_candidates,
+    two_way_topk,
 )
 
 
@@ -264,3 +265,16 @@ def test_streaming_ranks_reject_nan() -> None:
         streaming_gold_ranks(x, gold, y, col_bias=torch.full((9,), math.nan))
     with pytest.raises(ValueError, match="NaN in the gold"):
         streaming_gold_ranks(x, gold, y, row_bias=torch.tensor([0, 0, math.nan, 0, 0]))
+
+
+@pytest.mark.parametrize(("n1", "n2", "k", "block"),
+                         [(37, 53, 5, 8), (20, 9, 12, 64), (5, 5, 5, 2)])
+def test_two_way_topk_equals_both_flat_searches(n1: int, n2: int, k: int, block: int) -> None:
+    source, target = _vectors(n1, seed=1), _vectors(n2, seed=2)
+    (s12, i12), (s21, i21) = two_way_topk(source, target, k, block=block)
+    sim = source @ target.T
+    top12 = sim.topk(min(k, n2), dim=1)
+    top21 = sim.T.topk(min(k, n1), dim=1)
+    torch.testing.assert_close(s12, top12.values)
+    torch.testing.assert_close(s21, top21.values)
+    assert torch.equal(i12, top12.indices) and torch.equal(i21, top21.indices)
