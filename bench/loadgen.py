@@ -132,8 +132,10 @@ def run_load(port: int, requests: list[str], concurrency: int, max_requests: int
     return json.loads(proc.stdout)
 
 
-def get_request(uri: str, k: int = 10) -> str:
-    return f"GET /candidates/{quote(uri, safe='/:')}?k={k} HTTP/1.1\r\nhost: bench\r\n\r\n"
+def get_request(uri: str, k: int = 10, metric: str | None = None) -> str:
+    ranking = f"&metric={metric}" if metric else ""
+    return (f"GET /candidates/{quote(uri, safe='/:')}?k={k}{ranking} HTTP/1.1\r\n"
+            f"host: bench\r\n\r\n")
 
 
 def post_align(source: str, target: str) -> str:

@@ -8,9 +8,11 @@
    by a separate load process (``bench/loadgen.py``: raw HTTP/1.1 keep-alive over asyncio
    streams, uvloop when installed: far cheaper per request than a general client, so on a 2-core
    machine it measures the server, not itself). Routes ``GET /candidates/{e}?k=10`` and
-   ``POST /align``, cache off / cold Redis / warm Redis, at concurrency 1, 8 and 32; every run is
-   bounded in requests and seconds; any non-200 answer or connection failure is an error
-   (``bench/load_runs.py``).
+   ``POST /align``, cache off / cold Redis / warm Redis, at concurrency 1, 8 and 32, by the
+   model's default ranking; with ``--metrics``, uncached ``/candidates`` at concurrency 32 by
+   each ranking named. The server's RSS is recorded once loaded (``rss_idle_mb``) and after
+   every run. Every run is bounded in requests and seconds; any non-200 answer or connection
+   failure is an error (``bench/load_runs.py``).
 3. Soak: mixed load at concurrency 8 against the uncached server, RSS sampled periodically.
 4. Scaling: synthetic clustered embeddings at 40k / 200k / 1M, flat vs IVF (and HNSW where it
    builds in reasonable time), built with ``service.index.build_index`` (``bench/scaling.py``).
@@ -40,7 +42,7 @@ if str(ROOT) not in sys.path:  # ``python bench/serve.py`` from anywhere
 from bench.checkpoints import choose_checkpoint  # noqa: E402
 from bench.floor import measure_floor  # noqa: E402
 from bench.load_runs import run_matrix, soak  # noqa: E402
-from bench.loadgen import drive_main  # noqa: E402
+from bench.loadgen import drive_main, get_request, run_load  # noqa: E402
 from bench.scaling import measure_scaling  # noqa: E402
 from bench.server_process import NAMESPACE, Server, flush_namespace, redis_ok  # noqa: E402
 
@@ -48,11 +50,26 @@ ROUTES = ("candidates", "align")
 CACHES = ("off", "cold", "warm")
 
 
+def metric_row(server: Server, uris: list[str], metric: str, count: int, max_seconds: float,
+               rng: random.Random) -> dict[str, Any]:
+    """Uncached ``/candidates?metric=...`` at concurrency 32, as a matrix row."""
+    requests = [get_request(uris[rng.randrange(len(uris))], metric=metric) for _ in range(count)]
+    res = run_load(server.port, requests, 32, count, max_seconds)
+    row = {"route": "candidates", "metric": metric, "cache": "off", "concurrency": 32,
+           **{key: res[key] for key in ("requests", "errors", "rps", "p50_ms", "p95_ms",
+                                        "p99_ms")},
+           "rss_mb": server.rss_mb(), "seconds": res["seconds"]}
+    print(f"  candidates metric={metric} c=32 {row['requests']:>6} req {row['rps']:>8.1f} "
+          f"req/s  p99 {row['p99_ms']:.2f} ms  errors {row['errors']}", flush=True)
+    return row
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["| route | cache | conc. | requests | errors | req/s | p50 ms | p95 ms | p99 ms "
              "| RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['route']} | {r['cache']} | {r['concurrency']} | {r['requests']} | "
+        route = f"{r['route']} ({r['metric']})" if "metric" in r else r["route"]
+        lines.append(f"| {route} | {r['cache']} | {r['concurrency']} | {r['requests']} | "
                      f"{r['errors']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -86,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="0 skips the soak (for quick iterations)")
     parser.add_argument("--routes", default=",".join(ROUTES), help="subset, comma-separated")
     parser.add_argument("--caches", default=",".join(CACHES), help="subset, comma-separated")
+    parser.add_argument("--metrics", default="",
+                        help="rankings also measured on uncached /candidates at c=32, "
+                             "comma-separated (cosine, csls, sinkhorn)")
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -138,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print("load: cache off ...", flush=True)
         server = Server(checkpoint, tmp / "server-off.log",
                         {**base_env, "MIMEA_REDIS_URL": "", "MIMEA_CACHE_SIZE": "0"})
+        rss_idle_mb = server.rss_mb()
         try:
             if "off" in caches:
                 rows += run_matrix(server, routes, ["off"], uris, kgs, plan, max_seconds, None,
                                    rng)
+            rows += [metric_row(server, uris, metric, plan["candidates"][32], max_seconds, rng)
+                     for metric in filter(None, args.metrics.split(","))]
             if soak_s > 0:
                 print(f"soak: {soak_s:.0f}s ...", flush=True)
                 soak_result = soak(server, uris, kgs, soak_s, every, rng)
@@ -178,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "checkpoint": described, "quick": quick, "threads": args.threads,
             "search_precision": args.search_precision or "service default",
-            "cpus": os.cpu_count(), "rows": rows, "floor": floor, "scaling": scaling,
+            "cpus": os.cpu_count(), "rss_idle_mb": rss_idle_mb, "rows": rows, "floor": floor,
+            "scaling": scaling,
             "soak": soak_result, "notes": notes,
             "e2e_single_over_faiss_single": (round(single["p50_ms"] / floor["faiss_single_ms"], 2)
                                              if single else None),

@@ -74,8 +74,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown entity."},
     413: {"model": ErrorResponse, "description": "Request body over MIMEA_MAX_BODY_BYTES."},
     422: {"model": ErrorResponse,
-          "description": "Malformed body, out-of-range parameter, or more candidates asked for "
-                         "(entities x k) than MIMEA_MAX_REQUEST_CANDIDATES."},
+          "description": "Malformed body, out-of-range parameter, more candidates asked for "
+                         "(entities x k) than MIMEA_MAX_REQUEST_CANDIDATES, or a metric the "
+                         "checkpoint cannot serve."},
 }
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

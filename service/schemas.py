@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.ranking import Ranking
+
 MAX_K = 1000
 MAX_BATCH = 1024
 MAX_ID_LENGTH = 4096
@@ -18,6 +20,15 @@ EntityId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH,
                                 description="The KG's own identifier (URI or Freebase mid).")]
 KValue = Annotated[int, Field(ge=1, le=MAX_K, description="Number of candidates.")]
 KG = Annotated[int, Field(ge=1, le=2, description="Knowledge graph: 1 or 2.")]
+Metric = Ranking  # cosine, csls or sinkhorn (model.ranking)
+METRIC_HELP = ("Ranking: cosine, csls, or sinkhorn (CSLS plus the potentials of the one-to-one "
+               "plan over both KGs, the checkpoint's evaluated ranking). Default: the model's "
+               "(GET /model); sinkhorn needs a checkpoint that stores the plan's terms.")
+CSLS_HELP = "Deprecated: use metric. true is metric=csls, false is metric=cosine."
+SINKHORN_HELP = ("log of the share of the source's plan mass on this entity: log n + log u_s + "
+                 "log v_t + CSLS / reg (n: the size of the source's KG); null without a plan.")
+PROBABILITY_HELP = ("The share of the source's plan mass on this entity, exp(sinkhorn) clipped "
+                    "to [0, 1]; null when the checkpoint has no plan.")
 
 
 class _Request(BaseModel):
@@ -28,9 +39,11 @@ class Candidate(BaseModel):
     entity: str
     kg: KG
     rank: int = Field(ge=1, description="1-based position in this list.")
-    score: float = Field(description="The ranking score: csls if requested, else cosine.")
+    score: float = Field(description="The ranking's score: the cosine, the csls, or the "
+                                     "sinkhorn log plan share (see the align response).")
     cosine: float
     csls: float = Field(description="2 cos - r(source) - r(candidate).")
+    probability: float | None = Field(ge=0.0, le=1.0, description=PROBABILITY_HELP)
     modality_similarity: dict[str, float | None] = Field(
         description="Cosine per modality; null when the modality is missing in either entity.")
 
@@ -40,14 +53,15 @@ class CandidatesResponse(BaseModel):
     kg: KG = Field(description="The KG of the queried entity.")
     target_kg: KG = Field(description="The KG the candidates come from.")
     k: int
-    metric: Literal["cosine", "csls"]
+    metric: Metric = Field(description="The ranking of this list.")
     candidates: list[Candidate]
 
 
 class CandidatesBatchRequest(_Request):
     entities: list[EntityId] = Field(min_length=1, max_length=MAX_BATCH)
     k: KValue = 10
-    csls: bool = Field(False, description="Re-rank a cosine pool of max(4k, 50) by CSLS.")
+    metric: Metric | None = Field(None, description=METRIC_HELP)
+    csls: bool | None = Field(None, description=CSLS_HELP, json_schema_extra={"deprecated": True})
 
 
 class CandidatesBatchResponse(BaseModel):
@@ -69,8 +83,11 @@ class EntityRef(BaseModel):
 
 
 class Ranks(BaseModel):
-    cosine: int = Field(ge=1, description="1 + entities scoring strictly higher by cosine.")
-    csls: int = Field(ge=1, description="1 + entities scoring strictly higher by CSLS.")
+    """Exact ranks over every entity of the other KG: 1 + those scoring strictly higher."""
+
+    cosine: int = Field(ge=1)
+    csls: int = Field(ge=1)
+    sinkhorn: int | None = Field(ge=1, description="Null when the checkpoint has no plan.")
 
 
 class ModalityBreakdown(BaseModel):
@@ -87,12 +104,12 @@ class AlignResponse(BaseModel):
     target: EntityRef
     cosine: float
     csls: float
+    sinkhorn: float | None = Field(description=SINKHORN_HELP)
+    probability: float | None = Field(ge=0.0, le=1.0, description=PROBABILITY_HELP)
     target_rank: Ranks = Field(description="Rank of the target among the source's candidates.")
     source_rank: Ranks = Field(description="Rank of the source among the target's candidates.")
-    mutual_nearest: bool = Field(description="Each is the other's top-1 by cosine.")
-    confidence: float = Field(
-        ge=0.0, le=1.0,
-        description="sqrt(p(t|s) p(s|t)), p = softmax of cosine / temperature over the KG.")
+    mutual_nearest: bool = Field(description="Each is the other's top-1 by the model's default "
+                                             "metric.")
     modalities: ModalityBreakdown
 
 
@@ -119,11 +136,15 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     index: Literal["flat", "hnsw", "ivf"]
     index_on_gpu: bool
-    search_precision: Literal["float32", "bfloat16"] = Field(
-        description="What a search scans: the vectors, or their bfloat16 copy (its shortlist "
-                    "rescored in float32).")
+    search_precision: Literal["float32", "bfloat16", "int8"] = Field(
+        description="What a search scans: the vectors, or their bfloat16 or int8 copy (its "
+                    "shortlist rescored in float32).")
     device: str
     csls_k: int
+    default_metric: Metric = Field(description="The ranking of requests that name none: the "
+                                               "checkpoint's headline ranking when served.")
+    available_metrics: list[Metric]
+    sinkhorn_reg: float | None = Field(description="Entropy of the plan; null without one.")
 
 
 class HealthResponse(BaseModel):

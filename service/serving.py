@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from model.ranking import Ranking
 from service.aligner import Aligner
 from service.batcher import MicroBatcher
 from service.cache import ResponseCache
@@ -63,10 +64,24 @@ class AlignmentService:
     def resolve(self, uri: str) -> int:
         """Row of ``uri``; unknown → 404 with suggestions (bounded to a few ms and memoised,
         so computed in place: a thread hop would cost more than it saves)."""
-        row = self.aligner.row_of.get(uri)
+        row = self.aligner.directory.row_of.get(uri)
         if row is None:
-            raise EntityNotFound(uri, self.aligner.suggest(uri))
+            raise EntityNotFound(uri, self.aligner.directory.suggest(uri))
         return row
+
+    def ranking(self, metric: Ranking | None, csls: bool | None = None) -> Ranking:
+        """The ranking a candidates request asks for: ``metric``, else the deprecated ``csls``
+        flag (true: csls, false: cosine), else the model's default; 422 if it is not served."""
+        if csls is not None:
+            alias: Ranking = "csls" if csls else "cosine"
+            if metric is not None and metric != alias:
+                raise ServiceError(422, "conflicting_metric",
+                                   f"csls={str(csls).lower()} (deprecated) asks for {alias}, "
+                                   f"metric for {metric}: send metric alone")
+            metric = alias
+        chosen = metric or self.aligner.rankings.default
+        self.aligner.rankings.check(chosen)
+        return chosen
 
     def check_cost(self, entities: int, k: int) -> None:
         """422 for a request asking for more than ``max_request_candidates`` candidates."""
@@ -82,7 +97,7 @@ class AlignmentService:
 
     def resolve_pair(self, source: str, target: str, *, where: str = "") -> tuple[int, int]:
         s, t = self.resolve(source), self.resolve(target)
-        kgs = self.aligner.kgs
+        kgs = self.aligner.directory.kgs
         if kgs[s] == kgs[t]:
             raise ServiceError(422, "same_kg",
                                f"{where}source {source!r} and target {target!r} are both in "
@@ -91,7 +106,7 @@ class AlignmentService:
 
     # ------------------------------------------------------------------------ answers
 
-    def _candidates_bytes(self, queries: Sequence[tuple[int, int, bool]]) -> list[bytes]:
+    def _candidates_bytes(self, queries: Sequence[tuple[int, int, Ranking]]) -> list[bytes]:
         return [_dumps(r) for r in self.aligner.candidates_batch(queries)]
 
     def _align_bytes(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -118,22 +133,23 @@ class AlignmentService:
     def _candidates_chunk(self, k: int) -> int:
         return max(1, min(self._max_batch, self._chunk_candidates // k))
 
-    def _candidates_key(self, row: int, k: int, csls: bool) -> str:
-        return f"{self._prefix}cand:{row}:{k}:{int(csls)}"
+    def _candidates_key(self, row: int, k: int, ranking: Ranking) -> str:
+        return f"{self._prefix}cand:{row}:{k}:{ranking}"
 
     def _align_key(self, s: int, t: int) -> str:
         return f"{self._prefix}align:{s}:{t}"
 
-    async def candidates(self, entity: str, k: int, csls: bool) -> bytes:
+    async def candidates(self, entity: str, k: int, ranking: Ranking) -> bytes:
         self.check_cost(1, k)
         row = self.resolve(entity)
-        key = self._candidates_key(row, k, csls)
-        return (await self._cached("candidates", [key], [(row, k, csls)], self._candidates,
+        key = self._candidates_key(row, k, ranking)
+        return (await self._cached("candidates", [key], [(row, k, ranking)], self._candidates,
                                    1))[0]
 
-    async def candidates_batch(self, entities: Sequence[str], k: int, csls: bool) -> bytes:
+    async def candidates_batch(self, entities: Sequence[str], k: int,
+                               ranking: Ranking) -> bytes:
         self.check_cost(len(entities), k)
-        items = [(self.resolve(e), k, csls) for e in entities]
+        items = [(self.resolve(e), k, ranking) for e in entities]
         keys = [self._candidates_key(*item) for item in items]
         answers = await self._cached("candidates", keys, items, self._candidates,
                                      self._candidates_chunk(k))
@@ -152,10 +168,10 @@ class AlignmentService:
         return b'{"results":[' + b",".join(answers) + b"]}"
 
     def entities(self, kg: int | None, prefix: str, limit: int) -> dict[str, Any]:
-        rows, more = self.aligner.find_entities(kg, prefix, limit)
-        a = self.aligner
-        return {"entities": [{"entity": a.uris[r], "kg": int(a.kgs[r]), "id": a.ids[r]}
-                             for r in rows], "has_more": more}
+        directory = self.aligner.directory
+        rows, more = directory.find(kg, prefix, limit)
+        return {"entities": [{"entity": directory.uris[r], "kg": int(directory.kgs[r]),
+                              "id": directory.ids[r]} for r in rows], "has_more": more}
 
     async def ready(self) -> dict[str, Any]:
         status = await self.cache.check()

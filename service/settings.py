@@ -32,10 +32,11 @@ class Settings(BaseSettings):
         "auto", description="Where embeddings live; auto picks cuda when torch sees a GPU.")
     index: Literal["flat", "hnsw", "ivf"] = Field(
         "flat", description="FAISS index per KG: exact flat inner product or approximate.")
-    search_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Scan of a CPU flat index: float32, or a bfloat16 copy whose "
-                            "shortlist is rescored in float32 (same results, half the memory "
-                            "traffic); auto: bfloat16 where torch runs it natively.")
+    search_precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto", description="Scan of a CPU flat index: float32, or a bfloat16 or int8 copy "
+                            "whose shortlist is rescored in float32 (same results, a half or "
+                            "a quarter of the memory traffic); auto: int8 where the CPU has "
+                            "VNNI, else bfloat16 where torch runs it natively.")
     csls_k: int | None = Field(None, ge=1, le=100, description="Neighbours averaged for CSLS "
                                "r_k; None: the k the checkpoint was evaluated with.")
     hnsw_m: int = Field(32, ge=4, le=128)
@@ -60,7 +61,6 @@ class Settings(BaseSettings):
         2.0, ge=0.0, le=50.0,
         description="Most extra wait, under load only, for the last batch's clients to come back "
                     "so batches stay full; 0 merges only what is already queued.")
-    confidence_temperature: float = Field(0.05, gt=0.0, le=10.0)
 
     redis_url: str | None = Field(None, description="Redis URL; unset = in-process LRU cache.")
     cache_ttl_s: int = Field(3600, ge=1)

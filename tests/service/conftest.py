@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -17,12 +18,15 @@ from fastapi.testclient import TestClient
 
 from bench.checkpoints import noisy_copy_embeddings
 from model.checkpoint import EntityTable, write_checkpoint
+from model.ranking import serving_terms
 from service.main import create_app
 from service.settings import Settings
 from tests.service.redis_process import RedisProcess
 
 DIMS = {"structure": 32, "relation": 16, "attribute": 16, "visual": 24}
 N1, N2, N_GOLD = 300, 320, 300
+EVAL = {"csls_k": 10, "sinkhorn_reg": 0.02, "sinkhorn_iterations": 20, "candidates": 50,
+        "headline": "sinkhorn"}
 TEST_REDIS_URL = os.environ.get("MIMEA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -51,19 +55,29 @@ def _kg2_uri(i: int) -> str:
     return f"http://dbpedia.org/resource/Entity_{i}" if i % 2 else f"/m/0xyz/{i}"
 
 
-def build_checkpoint(path: Path, *, seed: int = 0) -> SyntheticCheckpoint:
-    """KG2 entity j < N_GOLD is a noisy copy of KG1 entity perm[j]; the rest are unmatched."""
+def build_checkpoint(path: Path, *, seed: int = 0, noise: float = 0.35,
+                     ranking_terms: bool = True) -> SyntheticCheckpoint:
+    """KG2 entity j < N_GOLD is a noisy copy of KG1 entity perm[j]; the rest are unmatched.
+
+    With ``ranking_terms`` the checkpoint stores the terms of the Sinkhorn ranking, as training
+    writes them now; without, it is one written before they were stored.
+    """
     gen = torch.Generator().manual_seed(seed)
-    perm, tables = noisy_copy_embeddings(N1, N2, N_GOLD, DIMS, noise=0.35,
+    perm, tables = noisy_copy_embeddings(N1, N2, N_GOLD, DIMS, noise=noise,
                                          missing={"visual": 0.3, "attribute": 0.1}, gen=gen)
     n = N1 + N2
     uris = [_kg1_uri(i) for i in range(N1)] + [_kg2_uri(j) for j in range(N2)]
     kgs = [1] * N1 + [2] * N2
+    if ranking_terms:
+        r, potential = serving_terms(tables.joint, torch.tensor(kgs), k=EVAL["csls_k"],
+                                     candidates=EVAL["candidates"], reg=EVAL["sinkhorn_reg"],
+                                     iterations=EVAL["sinkhorn_iterations"])
+        tables = dataclasses.replace(tables, csls_r=r, sinkhorn_potential=potential)
     gold = [(uris[int(perm[j])], uris[N1 + j]) for j in range(N_GOLD)]
     pairs = [[int(perm[j]), N1 + j] for j in range(N_GOLD)]
     version = write_checkpoint(
         path,
-        config={"modalities": list(DIMS), "model": {"hidden": 32},
+        config={"modalities": list(DIMS), "model": {"hidden": 32}, "config": {"eval": EVAL},
                 "data": {"name": "synthetic", "kg1": "KG1", "kg2": "KG2"}},
         weights={"encoder.weight": torch.randn(4, 4, generator=gen)},
         embeddings=tables,
@@ -78,6 +92,12 @@ def build_checkpoint(path: Path, *, seed: int = 0) -> SyntheticCheckpoint:
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCheckpoint:
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCheckpoint:
+    """The same data in a checkpoint without the ranking terms."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "legacy", ranking_terms=False)
 
 
 @pytest.fixture

@@ -1,42 +1,68 @@
-"""The service's numbers agree with a brute-force computation from the checkpoint's tensors."""
+"""The service's numbers agree with a dense float64 computation from the checkpoint's tensors:
+every ranking scored over every entity of the other KG with ``model.ranking.score_form``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from model.checkpoint import load_checkpoint
-from service.aligner import csls_pool_size
+from model.ranking import RANKINGS, score_form
+from service.main import create_app
+from service.settings import Settings
+from tests.service.conftest import EVAL
 
-CSLS_K = 10
-TEMPERATURE = 0.05
+REG = EVAL["sinkhorn_reg"]
 
 
 @dataclass
 class Reference:
-    """Dense float64 cosine/CSLS matrices between the two KGs."""
+    """Dense cosines between the two KGs and every entity's ranking terms (float64)."""
 
     uris: list[str]
     kg_of: dict[str, int]
     local_of: dict[str, int]
     kg_uris: dict[int, list[str]]
     cos: np.ndarray  # [n1, n2]
-    r: dict[int, np.ndarray]
+    r: dict[int, np.ndarray]  # CSLS terms at csls_k, from the dense cosines
+    potential: dict[int, np.ndarray] | None  # the stored plan's, per KG
     mods: dict[str, np.ndarray]
     mask: np.ndarray
     weights: np.ndarray
     modalities: list[str]
 
-    def row(self, uri: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Cosine and CSLS of ``uri`` against every entity of the other KG."""
+    def row(self, uri: str) -> tuple[np.ndarray, list[str]]:
+        """Cosines of ``uri`` to every entity of the other KG, and those entities."""
         kg, i = self.kg_of[uri], self.local_of[uri]
-        cos = self.cos[i] if kg == 1 else self.cos[:, i]
-        csls = 2 * cos - self.r[kg][i] - self.r[3 - kg]
-        return cos, csls, self.kg_uris[3 - kg]
+        return (self.cos[i] if kg == 1 else self.cos[:, i]), self.kg_uris[3 - kg]
+
+    def scores(self, uri: str, ranking: str) -> np.ndarray:
+        """``uri``'s score of every entity of the other KG under ``ranking``."""
+        kg, i = self.kg_of[uri], self.local_of[uri]
+        cos, _ = self.row(uri)
+        other = 3 - kg
+        form = score_form(
+            ranking, r_query=torch.from_numpy(self.r[kg]), r_key=torch.from_numpy(self.r[other]),
+            log_key=torch.from_numpy(self.potential[other]) if self.potential else None, reg=REG)
+        out = form.scale * cos
+        if form.row_bias is not None:
+            out = out + form.row_bias[i].item()
+        return out + (form.col_bias.numpy() if form.col_bias is not None else 0.0)
+
+    def log_share(self, source: str, target: str) -> float:
+        """log n + log u_s + log v_t + CSLS / reg of the plan over both KGs."""
+        assert self.potential is not None
+        kg, i, j = self.kg_of[source], self.local_of[source], self.local_of[target]
+        cos, _ = self.row(source)
+        csls = 2 * cos[j] - self.r[kg][i] - self.r[3 - kg][j]
+        return float(np.log(len(self.kg_uris[kg])) + self.potential[kg][i]
+                     + self.potential[3 - kg][j] + csls / REG)
 
 
 def build_reference(path: Path) -> Reference:
@@ -48,25 +74,38 @@ def build_reference(path: Path) -> Reference:
     uris = ckpt.entities.uris
     rows = {kg: np.flatnonzero(kgs == kg) for kg in (1, 2)}
     cos = joint[rows[1]] @ joint[rows[2]].T
-    r = {1: np.sort(cos, axis=1)[:, -CSLS_K:].mean(1),
-         2: np.sort(cos.T, axis=1)[:, -CSLS_K:].mean(1)}
+    k = EVAL["csls_k"]
+    r = {1: np.sort(cos, axis=1)[:, -k:].mean(1), 2: np.sort(cos.T, axis=1)[:, -k:].mean(1)}
+    potential = None
+    if emb.sinkhorn_potential is not None:
+        potential = {kg: emb.sinkhorn_potential.double().numpy()[rows[kg]] for kg in (1, 2)}
     mods = {}
     for m, t in emb.modalities.items():
         x = t.double().numpy()
         mods[m] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    local_of = {}
-    for kg in (1, 2):
-        for i, row in enumerate(rows[kg]):
-            local_of[uris[row]] = i
+    local_of = {uris[row]: i for kg in (1, 2) for i, row in enumerate(rows[kg])}
     return Reference(uris=uris, kg_of={u: int(k) for u, k in zip(uris, kgs, strict=True)},
                      local_of=local_of, kg_uris={kg: [uris[i] for i in rows[kg]] for kg in (1, 2)},
-                     cos=cos, r=r, mods=mods, mask=emb.mask.numpy(),
+                     cos=cos, r=r, potential=potential, mods=mods, mask=emb.mask.numpy(),
                      weights=emb.fusion_weights.double().numpy(), modalities=ckpt.modalities)
 
 
 @pytest.fixture(scope="module")
 def ref(synthetic) -> Reference:
     return build_reference(synthetic.path)
+
+
+@pytest.fixture(scope="module")
+def legacy_ref(legacy) -> Reference:
+    return build_reference(legacy.path)
+
+
+@pytest.fixture(scope="module")
+def legacy_client(legacy) -> Iterator[TestClient]:
+    settings = Settings(checkpoint=legacy.path, redis_url=None, api_key=None, index="flat",
+                        device="cpu", threads=1)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
 
 
 def sample_entities(ref: Reference, count: int = 12) -> list[str]:
@@ -81,39 +120,55 @@ def modality_cos(ref: Reference, a: str, b: str) -> dict[str, float | None]:
             else None for j, m in enumerate(ref.modalities)}
 
 
+def test_stored_csls_terms_are_the_dense_ones(ref: Reference, synthetic) -> None:
+    stored = load_checkpoint(synthetic.path).embeddings.csls_r.double().numpy()
+    np.testing.assert_allclose(stored[:300], ref.r[1], atol=1e-6)
+    np.testing.assert_allclose(stored[300:], ref.r[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("ranking", RANKINGS)
 @pytest.mark.parametrize("k", [1, 10, 40])
-def test_cosine_candidates_match_brute_force(client: TestClient, ref: Reference, k: int) -> None:
+def test_candidates_match_dense_ranking(client: TestClient, ref: Reference, ranking: str,
+                                        k: int) -> None:
     for uri in sample_entities(ref):
-        body = client.get(f"/candidates/{uri}", params={"k": k}).json()
-        cos, csls, others = ref.row(uri)
-        order = np.argsort(-cos)[:k]
-        assert [c["entity"] for c in body["candidates"]] == [others[j] for j in order]
-        np.testing.assert_allclose([c["score"] for c in body["candidates"]], cos[order],
+        body = client.get(f"/candidates/{uri}", params={"k": k, "metric": ranking}).json()
+        assert body["metric"] == ranking
+        cos, others = ref.row(uri)
+        order = np.argsort(-ref.scores(uri, ranking), kind="stable")[:k]
+        got = body["candidates"]
+        assert [c["entity"] for c in got] == [others[j] for j in order]
+        np.testing.assert_allclose([c["cosine"] for c in got], cos[order], atol=1e-5)
+        np.testing.assert_allclose([c["csls"] for c in got], ref.scores(uri, "csls")[order],
                                    atol=1e-5)
-        np.testing.assert_allclose([c["csls"] for c in body["candidates"]], csls[order],
-                                   atol=1e-5)
+        shares = [ref.log_share(uri, others[j]) for j in order]
+        np.testing.assert_allclose([c["probability"] for c in got],
+                                   np.exp(np.minimum(shares, 0)), rtol=1e-3, atol=1e-9)
+        expected_score = {"cosine": cos[order], "csls": ref.scores(uri, "csls")[order],
+                          "sinkhorn": shares}[ranking]
+        np.testing.assert_allclose([c["score"] for c in got], expected_score, atol=1e-3)
 
 
-@pytest.mark.parametrize("k", [1, 10, 100])
-def test_csls_candidates_match_pool_reranking(client: TestClient, ref: Reference, k: int) -> None:
-    for uri in sample_entities(ref):
-        body = client.get(f"/candidates/{uri}", params={"k": k, "csls": True}).json()
-        cos, csls, others = ref.row(uri)
-        pool = np.argsort(-cos)[:csls_pool_size(k, len(others))]
-        order = pool[np.argsort(-csls[pool], kind="stable")][:k]
+def test_default_ranking_is_the_headline(client: TestClient) -> None:
+    assert client.get("/model").json()["default_metric"] == "sinkhorn"
+    uri = "/m/0abc000"
+    default = client.get(f"/candidates/{uri}", params={"k": 5}).json()
+    assert default == client.get(f"/candidates/{uri}",
+                                 params={"k": 5, "metric": "sinkhorn"}).json()
+
+
+def test_legacy_checkpoint_ranks_by_exact_csls(legacy_client: TestClient,
+                                               legacy_ref: Reference) -> None:
+    """r computed at load as the dense one; CSLS over every entity, no cosine pool."""
+    for uri in sample_entities(legacy_ref):
+        body = legacy_client.get(f"/candidates/{uri}", params={"k": 10}).json()
+        assert body["metric"] == "csls"
+        csls = legacy_ref.scores(uri, "csls")
+        _, others = legacy_ref.row(uri)
+        order = np.argsort(-csls, kind="stable")[:10]
         assert [c["entity"] for c in body["candidates"]] == [others[j] for j in order]
         np.testing.assert_allclose([c["score"] for c in body["candidates"]], csls[order],
                                    atol=1e-5)
-        np.testing.assert_allclose([c["cosine"] for c in body["candidates"]], cos[order],
-                                   atol=1e-5)
-
-
-def test_csls_top1_equals_exact_csls_top1(client: TestClient, ref: Reference) -> None:
-    """The max(4k, 50) cosine pool is wide enough for CSLS's top-1 on this data."""
-    for uri in sample_entities(ref):
-        _, csls, others = ref.row(uri)
-        body = client.get(f"/candidates/{uri}", params={"k": 1, "csls": True}).json()
-        assert body["candidates"][0]["entity"] == others[int(np.argmax(csls))]
+        assert all(c["probability"] is None for c in body["candidates"])
 
 
 def test_candidate_modality_similarity_matches(client: TestClient, ref: Reference) -> None:
@@ -126,39 +181,35 @@ def test_candidate_modality_similarity_matches(client: TestClient, ref: Referenc
                     assert value == pytest.approx(expected[m], abs=1e-5)
 
 
-def expected_align(ref: Reference, source: str, target: str) -> dict:
-    cos_s, csls_s, others_s = ref.row(source)
-    cos_t, csls_t, others_t = ref.row(target)
-    t, s = others_s.index(target), others_t.index(source)
-    p_f = np.exp((cos_s - cos_s.max()) / TEMPERATURE)
-    p_b = np.exp((cos_t - cos_t.max()) / TEMPERATURE)
-    return {
-        "cosine": cos_s[t], "csls": csls_s[t],
-        "target_rank": {"cosine": 1 + int((cos_s > cos_s[t]).sum()),
-                        "csls": 1 + int((csls_s > csls_s[t]).sum())},
-        "source_rank": {"cosine": 1 + int((cos_t > cos_t[s]).sum()),
-                        "csls": 1 + int((csls_t > csls_t[s]).sum())},
-        "confidence": float(np.sqrt(p_f[t] / p_f.sum() * p_b[s] / p_b.sum())),
-    }
+def dense_rank(scores: np.ndarray, gold: int) -> int:
+    return 1 + int((scores > scores[gold]).sum())
 
 
-def test_align_matches_brute_force(client: TestClient, ref: Reference, synthetic) -> None:
+def align_pairs(ref: Reference, gold: list[tuple[str, str]]) -> list[tuple[str, str]]:
     rng = np.random.default_rng(2)
-    gold = [synthetic.gold[i] for i in rng.choice(len(synthetic.gold), 15, replace=False)]
+    picked = [gold[i] for i in rng.choice(len(gold), 15, replace=False)]
     random_pairs = [(ref.kg_uris[1][i], ref.kg_uris[2][j])
                     for i, j in zip(rng.integers(0, 300, 10), rng.integers(0, 320, 10),
                                     strict=True)]
-    pairs = gold + random_pairs + [(b, a) for a, b in gold[:5]]
+    return picked + random_pairs + [(b, a) for a, b in picked[:5]]
+
+
+def test_align_matches_dense(client: TestClient, ref: Reference, synthetic) -> None:
     mutual_seen = set()
-    for source, target in pairs:
+    for source, target in align_pairs(ref, synthetic.gold):
         body = client.post("/align", json={"source": source, "target": target}).json()
-        want = expected_align(ref, source, target)
-        assert body["cosine"] == pytest.approx(want["cosine"], abs=1e-5)
-        assert body["csls"] == pytest.approx(want["csls"], abs=1e-5)
-        assert body["target_rank"] == want["target_rank"]
-        assert body["source_rank"] == want["source_rank"]
-        assert body["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
-        mutual = want["target_rank"]["cosine"] == 1 and want["source_rank"]["cosine"] == 1
+        cos, others_s = ref.row(source)
+        _, others_t = ref.row(target)
+        t, s = others_s.index(target), others_t.index(source)
+        assert body["cosine"] == pytest.approx(cos[t], abs=1e-5)
+        assert body["csls"] == pytest.approx(ref.scores(source, "csls")[t], abs=1e-5)
+        share = ref.log_share(source, target)
+        assert body["sinkhorn"] == pytest.approx(share, abs=1e-3)
+        assert body["probability"] == pytest.approx(min(1.0, np.exp(share)), rel=1e-3, abs=1e-9)
+        for ranking in RANKINGS:
+            assert body["target_rank"][ranking] == dense_rank(ref.scores(source, ranking), t)
+            assert body["source_rank"][ranking] == dense_rank(ref.scores(target, ranking), s)
+        mutual = body["target_rank"]["sinkhorn"] == 1 and body["source_rank"]["sinkhorn"] == 1
         assert body["mutual_nearest"] == mutual
         mutual_seen.add(mutual)
         assert body["modalities"]["similarity"] == pytest.approx(
@@ -167,6 +218,18 @@ def test_align_matches_brute_force(client: TestClient, ref: Reference, synthetic
         assert list(body["modalities"]["source_weights"].values()) == pytest.approx(
             ref.weights[i].tolist(), abs=1e-6)
     assert mutual_seen == {True, False}
+
+
+def test_legacy_align_has_no_plan(legacy_client: TestClient, legacy_ref: Reference,
+                                  legacy) -> None:
+    for source, target in align_pairs(legacy_ref, legacy.gold)[:10]:
+        body = legacy_client.post("/align", json={"source": source, "target": target}).json()
+        t = legacy_ref.row(source)[1].index(target)
+        assert body["target_rank"]["csls"] == dense_rank(legacy_ref.scores(source, "csls"), t)
+        assert body["target_rank"]["sinkhorn"] is body["source_rank"]["sinkhorn"] is None
+        assert body["sinkhorn"] is body["probability"] is None
+        assert body["mutual_nearest"] == (body["target_rank"]["csls"] == 1
+                                          and body["source_rank"]["csls"] == 1)
 
 
 def test_gold_pairs_rank_first_mostly(client: TestClient, synthetic) -> None:

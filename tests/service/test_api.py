@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -56,10 +57,59 @@ def test_candidates_reports_modality_similarity_null_when_missing(client: TestCl
                                                     "visual"}
 
 
-def test_candidates_csls_ranks_by_csls(client: TestClient) -> None:
-    body = client.get(f"/candidates/{KG1_URI}", params={"k": 10, "csls": "true"}).json()
-    assert body["metric"] == "csls"
-    assert [c["score"] for c in body["candidates"]] == [c["csls"] for c in body["candidates"]]
+@pytest.mark.parametrize("metric,field", [("cosine", "cosine"), ("csls", "csls")])
+def test_candidates_score_is_the_metric(client: TestClient, metric: str, field: str) -> None:
+    body = client.get(f"/candidates/{KG1_URI}", params={"k": 10, "metric": metric}).json()
+    assert body["metric"] == metric
+    assert [c["score"] for c in body["candidates"]] == [c[field] for c in body["candidates"]]
+
+
+def test_sinkhorn_score_is_the_log_probability(client: TestClient) -> None:
+    body = client.get(f"/candidates/{KG1_URI}", params={"k": 10}).json()
+    assert body["metric"] == "sinkhorn"
+    for c in body["candidates"]:
+        assert 0.0 <= c["probability"] <= 1.0
+        assert c["probability"] == pytest.approx(math.exp(min(c["score"], 0.0)), rel=1e-9)
+
+
+@pytest.mark.parametrize("csls,metric", [("true", "csls"), ("false", "cosine")])
+def test_deprecated_csls_flag_is_an_alias(client: TestClient, csls: str, metric: str) -> None:
+    flagged = client.get(f"/candidates/{KG1_URI}", params={"k": 4, "csls": csls})
+    assert flagged.json() == client.get(f"/candidates/{KG1_URI}",
+                                        params={"k": 4, "metric": metric}).json()
+    batch = client.post("/candidates:batch",
+                        json={"entities": [KG1_URI], "k": 4, "csls": csls == "true"})
+    assert batch.json()["results"] == [flagged.json()]
+    assert client.get(f"/candidates/{KG1_URI}",
+                      params={"csls": csls, "metric": metric}).status_code == 200
+
+
+def test_csls_flag_against_metric_is_422(client: TestClient) -> None:
+    error = assert_envelope(client.get(f"/candidates/{KG1_URI}",
+                                       params={"csls": "true", "metric": "sinkhorn"}),
+                            422, "conflicting_metric")
+    assert "send metric alone" in error["message"]
+
+
+def test_unknown_metric_is_422(client: TestClient) -> None:
+    assert_envelope(client.get(f"/candidates/{KG1_URI}", params={"metric": "euclid"}), 422,
+                    "validation_error")
+
+
+def test_sinkhorn_without_plan_terms_is_422_saying_why(legacy) -> None:
+    settings = Settings(checkpoint=legacy.path, redis_url=None, api_key=None, index="flat",
+                        device="cpu", threads=1)
+    with TestClient(create_app(settings)) as old:
+        info = old.get("/model").json()
+        assert info["default_metric"] == "csls" and info["available_metrics"] == [
+            "cosine", "csls"] and info["sinkhorn_reg"] is None
+        for response in (old.get(f"/candidates/{KG1_URI}", params={"metric": "sinkhorn"}),
+                         old.post("/candidates:batch",
+                                  json={"entities": [KG1_URI], "metric": "sinkhorn"})):
+            error = assert_envelope(response, 422, "metric_unavailable")
+            assert "csls_r and sinkhorn_potential" in error["message"]
+            assert error["details"] == {"metric": "sinkhorn", "available": ["cosine", "csls"]}
+        assert old.get(f"/candidates/{KG1_URI}").json()["metric"] == "csls"
 
 
 def test_candidates_k_larger_than_kg_returns_whole_kg(client: TestClient) -> None:
@@ -100,7 +150,10 @@ def test_align_scores_pair_in_either_order(client: TestClient) -> None:
     assert f.cosine == pytest.approx(b.cosine, abs=1e-5)
     assert f.csls == pytest.approx(b.csls, abs=1e-5)
     assert f.target_rank == b.source_rank and f.source_rank == b.target_rank
-    assert 0.0 <= f.confidence <= 1.0
+    assert f.sinkhorn is not None and b.sinkhorn is not None
+    # one plan entry, as a share of the KG1 row's mass (300) and of the KG2 column's (320)
+    assert f.sinkhorn - b.sinkhorn == pytest.approx(math.log(300 / 320), abs=1e-4)
+    assert f.probability is not None and 0.0 <= f.probability <= 1.0
 
 
 def test_align_breakdown_lists_weights_and_missing(client: TestClient) -> None:
@@ -138,12 +191,12 @@ def test_align_malformed_body_is_422(client: TestClient, body: bytes) -> None:
 
 def test_candidates_batch_equals_single_route(client: TestClient) -> None:
     entities = [KG1_MID, KG2_URI, KG1_URI, KG2_MID]
-    for csls in (False, True):
+    for metric in ("cosine", "csls", "sinkhorn"):
         response = client.post("/candidates:batch",
-                               json={"entities": entities, "k": 7, "csls": csls})
+                               json={"entities": entities, "k": 7, "metric": metric})
         assert response.status_code == 200, response.text
         batch = CandidatesBatchResponse.model_validate(response.json()).results
-        singles = [client.get(f"/candidates/{e}", params={"k": 7, "csls": csls}).json()
+        singles = [client.get(f"/candidates/{e}", params={"k": 7, "metric": metric}).json()
                    for e in entities]
         assert [r.model_dump() for r in batch] == singles
 
@@ -198,6 +251,8 @@ def test_model_info(client: TestClient) -> None:
     assert info.entities == {"kg1": 300, "kg2": 320}
     assert info.modalities == ["structure", "relation", "attribute", "visual"]
     assert info.embedding_dims["joint"] == 88 and info.metrics["test"]["hits@1"] == 0.9
+    assert info.default_metric == "sinkhorn" and info.sinkhorn_reg == 0.02
+    assert info.available_metrics == ["cosine", "csls", "sinkhorn"]
 
 
 def test_health_and_ready(client: TestClient) -> None:

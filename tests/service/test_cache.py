@@ -46,10 +46,23 @@ def test_lru_evicts_oldest_and_expires() -> None:
 
 def test_memory_cache_hit_returns_same_answer(client: TestClient) -> None:
     before_hits, before_misses = hits(client), misses(client)
-    first = client.get(f"/candidates/{OTHER}", params={"k": 3, "csls": True})
-    second = client.get(f"/candidates/{OTHER}", params={"k": 3, "csls": True})
+    first = client.get(f"/candidates/{OTHER}", params={"k": 3, "metric": "csls"})
+    second = client.get(f"/candidates/{OTHER}", params={"k": 3, "metric": "csls"})
     assert first.content == second.content
     assert misses(client) == before_misses + 1 and hits(client) == before_hits + 1
+
+
+def test_cache_keys_include_the_metric(client: TestClient) -> None:
+    """Each metric is its own entry; the default shares the entry of the metric it names."""
+    before = misses(client)
+    answers = {metric: client.get(f"/candidates/{ENTITY}", params={"k": 6, "metric": metric})
+               for metric in ("cosine", "csls", "sinkhorn")}
+    assert misses(client) == before + 3
+    assert {answers[m].json()["metric"] for m in answers} == {"cosine", "csls", "sinkhorn"}
+    hits_before = hits(client)
+    assert client.get(f"/candidates/{ENTITY}", params={"k": 6}).content == \
+        answers["sinkhorn"].content
+    assert hits(client) == hits_before + 1 and misses(client) == before + 3
 
 
 def test_redis_hit_and_miss(make_settings: Callable[..., Settings], redis_url: str,

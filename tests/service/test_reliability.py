@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import service.aligner as aligner_module
+import service.scoring as scoring_module
 from service.limits import BodyLimitMiddleware
 from service.main import create_app
 from service.settings import Settings
@@ -79,21 +79,22 @@ def test_candidate_count_is_bounded_per_request(make_settings: Callable[..., Set
 def test_modality_similarity_is_exact_in_small_steps(client: TestClient,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The bounded row-wise steps give what one dense computation gives, at any step size."""
-    aligner = client.app.state.aligner  # type: ignore[attr-defined]
-    src = np.array([0, 5, 301], dtype=np.int64)
-    cands = [np.array([400, 401, 402, 310]), np.array([], dtype=np.int64), np.arange(0, 40)]
-    dense = aligner._modality_sims(src, cands)
-    monkeypatch.setattr(aligner_module, "SIMS_FLOATS", 50)  # a step of 1 to 3 pairs
-    assert aligner._modality_sims(src, cands) == dense
-    for j, rows in enumerate(cands):
-        for mi, m in enumerate(aligner.modalities):
-            table = aligner.mods[m].numpy()
-            for n, row in enumerate(rows):
-                value = dense[j][m][n]
-                if aligner.mask[src[j], mi] and aligner.mask[row, mi]:
-                    assert value == pytest.approx(float(table[src[j]] @ table[row]), abs=1e-5)
-                else:
-                    assert value is None
+    scorer = client.app.state.aligner.scorer  # type: ignore[attr-defined]
+    left = np.repeat([0, 5, 301], [4, 0, 40])
+    right = np.concatenate([[400, 401, 402, 310], np.arange(0, 40)])
+    cosine = np.zeros(len(left), dtype=np.float32)
+    whole = scorer.score_pairs(left, right, cosine)
+    monkeypatch.setattr(scoring_module, "SIMS_FLOATS", 50)  # a step of 1 to 3 pairs
+    stepped = scorer.score_pairs(left, right, cosine)
+    np.testing.assert_array_equal(stepped.modality, whole.modality)
+    for mi, m in enumerate(scorer.modalities):
+        table = scorer.tables[m].astype(np.float64)
+        table /= np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        for p, (a, b) in enumerate(zip(left, right, strict=True)):
+            assert whole.present[p, mi] == (scorer.mask[a, mi] and scorer.mask[b, mi])
+            if whole.present[p, mi]:
+                assert whole.modality[p, mi] == pytest.approx(float(table[a] @ table[b]),
+                                                              abs=1e-5)
 
 
 def test_big_batch_is_chunked_and_other_requests_interleave(
@@ -110,7 +111,7 @@ def test_big_batch_is_chunked_and_other_requests_interleave(
             aligner = app.state.aligner
             compute = aligner.candidates_batch
 
-            def slow(queries: Sequence[tuple[int, int, bool]]) -> list[dict[str, Any]]:
+            def slow(queries: Sequence[tuple[int, int, str]]) -> list[dict[str, Any]]:
                 calls.append([q[0] for q in queries])
                 time.sleep(0.01)
                 return compute(queries)

@@ -35,7 +35,7 @@ def known_ids(operation: Any, ids: list[str]) -> st.SearchStrategy[Any]:
     bodies: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "/candidates:batch": st.fixed_dictionaries(
             {"entities": st.lists(entity, min_size=1, max_size=40), "k": k,
-             "csls": st.booleans()}),
+             "metric": st.sampled_from(["cosine", "csls", "sinkhorn"])}),
         "/align": pair,
         "/align:batch": st.fixed_dictionaries({"pairs": st.lists(pair, min_size=1,
                                                                  max_size=20)}),

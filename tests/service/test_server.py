@@ -39,7 +39,7 @@ def test_server_answers_like_brute_force(server: str, synthetic) -> None:
             row = ckpt.entities.uris.index(source)
             cos = joint[kg2] @ joint[row]
             order = np.argsort(-cos)[:5]
-            body = http.get(f"/candidates/{source}", params={"k": 5}).json()
+            body = http.get(f"/candidates/{source}", params={"k": 5, "metric": "cosine"}).json()
             assert [c["entity"] for c in body["candidates"]] == [
                 ckpt.entities.uris[kg2[j]] for j in order]
             np.testing.assert_allclose([c["score"] for c in body["candidates"]], cos[order],
@@ -80,11 +80,11 @@ def test_server_merges_concurrent_requests(server: str, synthetic) -> None:
     async def fetch_all() -> list[dict]:
         async with httpx.AsyncClient(base_url=server, timeout=20) as http:
             responses = await asyncio.gather(
-                *(http.get(f"/candidates/{s}", params={"k": 3, "csls": True}) for s in sources))
+                *(http.get(f"/candidates/{s}", params={"k": 3}) for s in sources))
         return [r.json() for r in responses]
 
     concurrent = asyncio.run(fetch_all())
     with httpx.Client(base_url=server, timeout=10) as http:
         batch = http.post("/candidates:batch",
-                          json={"entities": sources, "k": 3, "csls": True}).json()
+                          json={"entities": sources, "k": 3}).json()
     assert concurrent == batch["results"]

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
-from service.aligner import evaluated_csls_k
 from service.cli import register
 from service.errors import StartupError
 from service.main import create_app
+from service.rankings import evaluated_csls_k
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,22 +204,84 @@ def test_serve_subprocess_fails_with_one_line_and_exit_2(tmp_path: Path, args: l
     assert expected in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_csls_k_follows_the_checkpoint_unless_set(synthetic, tmp_path: Path,
-                                                  make_settings: Callable[..., Settings]) -> None:
-    # The service ranks with the k the checkpoint's metrics were computed with; a checkpoint
-    # that names none gets CSLS's usual 10; a setting overrides both.
-    ckpt = load_checkpoint(synthetic.path)
-    path = tmp_path / "k3"
+def _rewritten(source: Path, path: Path, eval_section: dict | None) -> Path:
+    """A copy of checkpoint ``source`` whose config's eval section is ``eval_section`` (none
+    at all when None)."""
+    ckpt = load_checkpoint(source)
     config = {k: v for k, v in ckpt.config.items()
-              if k not in ("format_version", "model_version", "embedding_dims")}
-    config["config"] = {"eval": {"csls_k": 3}}
+              if k not in ("format_version", "model_version", "embedding_dims", "files")}
+    config.pop("config", None)
+    if eval_section is not None:
+        config["config"] = {"eval": eval_section}
     write_checkpoint(path, config=config, weights={"w": torch.zeros(1)},
                      embeddings=ckpt.embeddings, entities=ckpt.entities, split=ckpt.split,
                      metrics=ckpt.metrics)
-    for checkpoint, overrides, expected in [(synthetic.path, {}, 10), (path, {}, 3),
-                                            (path, {"csls_k": 5}, 5)]:
+    return path
+
+
+def test_csls_k_follows_the_checkpoint_unless_set(legacy, tmp_path: Path,
+                                                  make_settings: Callable[..., Settings]) -> None:
+    # The service ranks with the k the checkpoint's metrics were computed with; a checkpoint
+    # that names none gets CSLS's usual 10; a setting overrides both.
+    k3 = _rewritten(legacy.path, tmp_path / "k3", {"csls_k": 3})
+    unnamed = _rewritten(legacy.path, tmp_path / "unnamed", None)
+    for checkpoint, overrides, expected in [(unnamed, {}, 10), (k3, {}, 3),
+                                            (k3, {"csls_k": 5}, 5)]:
         with TestClient(create_app(make_settings(checkpoint=checkpoint, **overrides))) as client:
             assert client.get("/model").json()["csls_k"] == expected
+
+
+def test_csls_k_setting_keeps_the_plan_terms(synthetic,
+                                             make_settings: Callable[..., Settings]) -> None:
+    """Another k gives CSLS terms computed at load; the Sinkhorn ranking keeps the stored
+    terms its plan was built on."""
+    emb = load_checkpoint(synthetic.path).embeddings
+    joint = torch.nn.functional.normalize(emb.joint.double(), dim=1)
+    cos = joint[:300] @ joint[300:].T
+    r5 = torch.cat([cos.topk(5, dim=1).values.mean(1), cos.T.topk(5, dim=1).values.mean(1)])
+    source = "/m/0abc000"  # row 0
+    answers = {}
+    for k in (None, 5):
+        with TestClient(create_app(make_settings(csls_k=k))) as client:
+            assert client.get("/model").json()["available_metrics"][-1] == "sinkhorn"
+            answers[k] = client.get(f"/candidates/{source}", params={"k": 5}).json()
+            csls = client.get(f"/candidates/{source}",
+                              params={"k": 5, "metric": "csls"}).json()["candidates"]
+            row_of = client.app.state.aligner.directory.row_of  # type: ignore[attr-defined]
+    for c in csls:
+        expected = 2 * c["cosine"] - r5[0].item() - r5[row_of[c["entity"]]].item()
+        assert c["csls"] == pytest.approx(expected, abs=1e-5)
+    assert [c["entity"] for c in answers[5]["candidates"]] == \
+        [c["entity"] for c in answers[None]["candidates"]]
+    assert [c["probability"] for c in answers[5]["candidates"]] == pytest.approx(
+        [c["probability"] for c in answers[None]["candidates"]], rel=1e-6)
+
+
+@pytest.mark.parametrize("headline,terms,expected", [
+    ("sinkhorn", True, "sinkhorn"), ("csls", True, "csls"), ("cosine", True, "cosine"),
+    ("cosine", False, "cosine"), ("sinkhorn", False, "csls"), (None, False, "csls")])
+def test_default_metric_is_the_headline_when_served(synthetic, legacy, tmp_path: Path,
+                                                     make_settings: Callable[..., Settings],
+                                                     headline: str | None, terms: bool,
+                                                     expected: str) -> None:
+    section = {"csls_k": 10} if headline is None else {"csls_k": 10, "headline": headline}
+    path = _rewritten(synthetic.path if terms else legacy.path, tmp_path / "c", section)
+    with TestClient(create_app(make_settings(checkpoint=path))) as client:
+        assert client.get("/model").json()["default_metric"] == expected
+        assert client.get("/candidates/%2Fm%2F0abc000").json()["metric"] == expected
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"headline": "euclid"}, r"eval\.headline must be one of cosine, csls, sinkhorn"),
+    ({"sinkhorn_reg": 0}, r"eval\.sinkhorn_reg must be a positive number"),
+    ({"sinkhorn_reg": "x"}, r"eval\.sinkhorn_reg must be a positive number")])
+def test_bad_ranking_config_stops_startup(synthetic, tmp_path: Path, section: dict,
+                                          message: str,
+                                          make_settings: Callable[..., Settings]) -> None:
+    path = _rewritten(synthetic.path, tmp_path / "bad", {"csls_k": 10, **section})
+    with pytest.raises(CheckpointError, match=message), \
+            TestClient(create_app(make_settings(checkpoint=path))):
+        pass
 
 
 @pytest.mark.parametrize("value", [0, -1, 101, 10**9, "10", 2.5, True, None])

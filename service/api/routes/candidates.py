@@ -10,10 +10,13 @@ from fastapi.responses import Response
 from service.api.deps import ApiKeyDep, ServiceDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import (
+    CSLS_HELP,
     MAX_K,
+    METRIC_HELP,
     CandidatesBatchRequest,
     CandidatesBatchResponse,
     CandidatesResponse,
+    Metric,
 )
 
 router = APIRouter(tags=["candidates"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
@@ -27,14 +30,16 @@ async def candidates(
     service: ServiceDep,
     entity: Annotated[str, Path(description="The entity's URI or mid; slashes allowed.")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of candidates.")] = 10,
-    csls: Annotated[bool, Query(description="Re-rank a cosine pool of max(4k, 50) by CSLS.")
-                    ] = False,
+    metric: Annotated[Metric | None, Query(description=METRIC_HELP)] = None,
+    csls: Annotated[bool | None, Query(description=CSLS_HELP, deprecated=True)] = None,
 ) -> Response:
-    return Response(await service.candidates(entity, k, csls), media_type=_JSON)
+    ranking = service.ranking(metric, csls)
+    return Response(await service.candidates(entity, k, ranking), media_type=_JSON)
 
 
 @router.post("/candidates:batch", response_model=CandidatesBatchResponse,
              summary="Candidates for many entities with one index search")
 async def candidates_batch(service: ServiceDep, body: CandidatesBatchRequest) -> Response:
-    return Response(await service.candidates_batch(body.entities, body.k, body.csls),
+    ranking = service.ranking(body.metric, body.csls)
+    return Response(await service.candidates_batch(body.entities, body.k, ranking),
                     media_type=_JSON)
