@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
 import torch
+from torch import nn
 
 from model.config import LossConfig, ModelConfig
 from model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
-from model.mimea import MIMEA, GraphInputs
+from model.mimea import MIMEA, GraphInputs, MIMEAOutput
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""Seed pairs ``(left[i], right[i])`` as two entity index tensors ``[B]``."""
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Where one batch's entities sit among the rows of a forward pass: its pairs' two sides,
+    and the negatives of its joint and of its modality terms."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    joint_negatives: torch.Tensor
+    modal_negatives: torch.Tensor
 
 
 def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
@@ -24,25 +42,42 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
     apart and collapse onto hubs. Only those entities
     are fused (see :meth:`MIMEA.forward`). Returns every term and ``total``.
     """
+    rows, (batch,) = plan_rows(loss, inputs.num_entities, [(left, right)])
+    return batch_terms(model, model(inputs, rows=rows), batch, loss)
+
+
+def plan_rows(loss: LossConfig, num_entities: int,
+              batches: Sequence[Batch]) -> tuple[torch.Tensor, list[BatchRows]]:
+    """The entities one forward pass embeds for ``batches``, and each batch's rows among them.
+
+    Every batch draws its own negatives, as it would alone, so a loss over several batches
+    that share one pass over the graph is the sum of their losses.
+    """
+    wanted: list[torch.Tensor] = []
+    for left, right in batches:
+        batch = torch.cat([left, right])
+        wanted += [left, right, _sample_negatives(loss.negatives, num_entities, batch),
+                   _sample_negatives(loss.modal_negatives, num_entities, batch)]
+    rows, local = torch.unique(torch.cat(wanted), return_inverse=True)
+    parts = local.split([len(part) for part in wanted])
+    return rows, [BatchRows(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
+
+
+def batch_terms(model: MIMEA, output: MIMEAOutput, rows: BatchRows,
+                loss: LossConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch (see :func:`alignment_objective`) from a forward pass whose
+    output holds the batch's ``rows``."""
     config: ModelConfig = model.config
-    size = len(left)
-    batch = torch.cat([left, right])
-    joint_negatives = _sample_negatives(loss.negatives, inputs.num_entities, batch)
-    modal_negatives = _sample_negatives(loss.modal_negatives, inputs.num_entities, batch)
-    rows, local = torch.unique(torch.cat([batch, joint_negatives, modal_negatives]),
-                               return_inverse=True)
-    output = model(inputs, rows=rows)
-    left, right, rest = local[:size], local[size:2 * size], local[2 * size:]
-    joint_negatives, modal_negatives = rest[:len(joint_negatives)], rest[len(joint_negatives):]
+    left, right = rows.left, rows.right
     joint = output.joint
     everyone = torch.ones_like(left, dtype=torch.bool)
-    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, joint_negatives)(
+    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, rows.joint_negatives)(
         joint, everyone).mean()}
     if config.modal_contrastive and loss.modal_weight > 0:
         terms["modal"] = loss.modal_weight * modal_adaptive_loss(
             output.modal, output.mask, output.fusion.weights, left, right,
             adaptive=config.modal_adaptive,
-            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, modal_negatives))
+            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, rows.modal_negatives))
     if model.ot is not None and loss.ot_weight > 0:
         sample = torch.cat([left, right])
         if len(sample) > loss.ot_batch:
@@ -56,6 +91,84 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
     return terms
 
 
+class StepObjective(nn.Module):
+    """The loss of one optimiser step over one or more batches that share a single pass over
+    the graph, each batch weighted (a share of the step's pairs).
+
+    One batch: its weighted total, with the autograd graph as it is. Several batches: their
+    per-pair losses would hold several ``[B, C]`` similarity matrices at once, so each batch's
+    gradient is taken on its own, against detached copies of the network's output, and the
+    result is a stand-in whose gradient is exactly their sum (see :func:`_stand_in`). Being a
+    module, it lets ``DistributedDataParallel`` see every parameter the step uses.
+    """
+
+    def __init__(self, model: MIMEA, inputs: GraphInputs, loss: LossConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+        self.loss = loss
+
+    def forward(self, batches: Sequence[Batch],
+                weights: Sequence[float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss to back-propagate, the weighted sum of each term)``."""
+        if len(batches) == 1:
+            terms = alignment_objective(self.model, self.inputs, *batches[0], self.loss)
+            return weights[0] * terms["total"], terms
+        rows, plans = plan_rows(self.loss, self.inputs.num_entities, batches)
+        return self._accumulate(self.model(self.inputs, rows=rows), plans, weights)
+
+    def _accumulate(self, output: MIMEAOutput, plans: Sequence[BatchRows],
+                    weights: Sequence[float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each batch's gradient in turn, so that only one batch's loss graph is alive."""
+        cut, leaves = _detached(output)
+        params = [p for p in self.parameters() if p.requires_grad]
+        targets = [leaf for _, leaf in leaves] + params
+        grads: list[torch.Tensor | None] = [None] * len(targets)
+        sums: dict[str, torch.Tensor] = {}
+        for plan, weight in zip(plans, weights, strict=True):
+            terms = batch_terms(self.model, cut, plan, self.loss)
+            found = torch.autograd.grad(weight * terms["total"], targets, allow_unused=True)
+            grads = [_add(a, b) for a, b in zip(grads, found, strict=True)]
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + weight * value.detach()
+        return _stand_in([original for original, _ in leaves] + params, grads), sums
+
+
+def _detached(output: MIMEAOutput) -> tuple[MIMEAOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A copy of ``output`` whose differentiable tensors are new leaves, and each
+    ``(original, leaf)`` pair: batch losses back-propagate to the leaves and stop there."""
+    leaves: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def leaf(tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.requires_grad:
+            return tensor
+        copy = tensor.detach().requires_grad_()
+        leaves.append((tensor, copy))
+        return copy
+
+    fusion = output.fusion
+    cut = MIMEAOutput(
+        modal=[leaf(h) for h in output.modal], mask=output.mask,
+        fusion=replace(fusion, **{f.name: leaf(getattr(fusion, f.name)) for f in fields(fusion)}))
+    return cut, leaves
+
+
+def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor | None:
+    if grad is None:
+        return total
+    return grad if total is None else total + grad
+
+
+def _stand_in(tensors: Sequence[torch.Tensor],
+              grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """A scalar whose gradient with respect to each of ``tensors`` is its entry of ``grads``:
+    ``sum(t * g)``, so one backward call carries the accumulated gradient through the shared
+    pass and into the parameters."""
+    parts = [(tensor * grad).sum() for tensor, grad in zip(tensors, grads, strict=True)
+             if grad is not None]
+    return torch.stack(parts).sum()
+
+
 def _sample_negatives(count: int, num_entities: int, batch: torch.Tensor) -> torch.Tensor:
     """``count`` entities drawn uniformly, or, when ``count >= num_entities``, every entity not
     in ``batch`` (batch entities are candidates already, and a pair must not be its own
@@ -64,8 +177,6 @@ def _sample_negatives(count: int, num_entities: int, batch: torch.Tensor) -> tor
         everyone = torch.arange(num_entities, device=batch.device)
         return everyone[~torch.isin(everyone, batch)]
     return torch.randint(num_entities, (count,), device=batch.device)
-
-
 def _pair_loss(kind: str, loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
                negatives: torch.Tensor) -> PairLoss:
     """The per-pair loss of one batch; LSE candidates are the batch plus ``negatives``."""

@@ -64,8 +64,12 @@ def train(
     allow_pickle: Annotated[bool, Opt(help="allow reading a pickle of visual features")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="override: section.key=value")] = None,
     quiet: Annotated[bool, Opt(help="no progress bar")] = False,
+    workers: Annotated[int, Opt(min=1, help="processes training data-parallel on this "
+                                "machine (torch.distributed; see README for several)")] = 1,
 ) -> None:
     """Train MIMEA on a KG pair, evaluate it on held-out pairs and write a checkpoint."""
+    import torch
+
     from training.pipeline import run_training
 
     overrides = list(set_ or [])
@@ -75,6 +79,15 @@ def train(
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = _load(config, overrides)
+    if workers > 1:
+        from training.distributed import launch, worker_args
+
+        code = launch(workers, worker_args(data, out, config, overrides, visual=visual,
+                                           allow_pickle=allow_pickle, quiet=quiet))
+        raise typer.Exit(code=code)
+    # The LogSumExp loss's softmax leaves most of its [B, N] gradient below float32's normal
+    # range; denormal arithmetic is many times slower on CPUs, and these values do not matter.
+    torch.set_flush_denormal(True)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -100,12 +113,27 @@ def evaluate(
     from training.pipeline import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(checkpoint, part=part)
+        report = evaluate_checkpoint(checkpoint, part=part)
     except (CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     except OSError as exc:
         raise _fail(str(exc), RUNTIME_FAILURE) from exc
-    typer.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """What ``mimea evaluate`` prints: the rankings' table and the served ranking's figures."""
+    lines = [f"model {report['model_version']}, {report['pairs']} {report['part']} pairs, "
+             f"headline ranking {report['headline']}", format_table(report["rankings"])]
+    served = report.get("all_targets")
+    if served:
+        m = served["kg1_to_kg2"]
+        lines.append(f"served ({served['ranking']}, every KG2 entity a candidate): Hits@1 "
+                     f"{m['hits1']:.4f}, Hits@10 {m['hits10']:.4f}, MRR {m['mrr']:.4f}, "
+                     f"MR {m['mr']:.1f}")
+    lines.append(f"{sum(report['seconds'].values()):.1f} s (" + ", ".join(
+        f"{name} {value:.1f} s" for name, value in report["seconds"].items()) + ")")
+    return "\n".join(lines)
 
 
 def format_table(metrics: dict[str, Any]) -> str:

@@ -26,11 +26,12 @@ from model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_config
 from model.device import resolve_device
 from model.finite import require_finite
 from model.mimea import GraphInputs
+from model.ranking import Ranking, ranking_terms, serving_terms
 from training.data import KGPairData, load_kg_pair
-from training.evaluation import evaluate_pairs
+from training.evaluation import all_targets_metrics, evaluate_rankings
 from training.features import FeatureOptions, build_modal_inputs
 from training.split import AlignmentSplit, split_pairs
-from training.trainer import TrainResult, infer, train_model
+from training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
     return PreparedData(data=data, inputs=inputs, split=split)
 
 
-RANKINGS = ("cosine", "csls", "sinkhorn")
+RANKINGS: tuple[Ranking, ...] = ("cosine", "csls", "sinkhorn")
 
 
 def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConfig,
@@ -66,18 +67,49 @@ def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConf
     """Metrics for every ranking (cosine, CSLS, Sinkhorn) and both directions; the Sinkhorn
     plan is taken over ``pools`` (see ``training.evaluation.evaluate_pairs``)."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
-    return {method: evaluate_pairs(joint.cpu(), rows, method=method, k=config.csls_k,
-                                   sinkhorn_reg=config.sinkhorn_reg,
-                                   sinkhorn_iterations=config.sinkhorn_iterations, pools=pools)
-            for method in RANKINGS}
+    return evaluate_rankings(joint.cpu(), rows, RANKINGS, k=config.csls_k,
+                             sinkhorn_reg=config.sinkhorn_reg,
+                             sinkhorn_iterations=config.sinkhorn_iterations, pools=pools,
+                             candidates=config.candidates)
+
+
+def stored_ranking_terms(joint: torch.Tensor, kgs: torch.Tensor,
+                         config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(csls_r, sinkhorn_potential)`` over every entity, as the checkpoint stores them for
+    the service (``model.ranking.serving_terms``)."""
+    return serving_terms(joint.cpu(), kgs, k=config.csls_k, candidates=config.candidates,
+                         reg=config.sinkhorn_reg, iterations=config.sinkhorn_iterations)
+
+
+def served_metrics(embeddings: EmbeddingTables, kgs: torch.Tensor, pairs: np.ndarray,
+                   config: EvalConfig) -> dict[str, Any]:
+    """Metrics of ``pairs`` ranked as the service ranks them: every entity of the other KG a
+    candidate, the checkpoint's headline ranking from its stored terms. A checkpoint without
+    them is served by CSLS, with r computed as the service computes it at load."""
+    rows = torch.as_tensor(pairs, dtype=torch.long)
+    if embeddings.csls_r is not None and embeddings.sinkhorn_potential is not None:
+        return all_targets_metrics(embeddings.joint, rows, kgs, ranking=config.headline,
+                                   csls_r=embeddings.csls_r,
+                                   potential=embeddings.sinkhorn_potential,
+                                   reg=config.sinkhorn_reg)
+    ranking = "cosine" if config.headline == "cosine" else "csls"
+    terms = ranking_terms(embeddings.joint[kgs == 1], embeddings.joint[kgs == 2],
+                          k=config.csls_k, candidates=config.csls_k)
+    csls_r = embeddings.joint.new_zeros(len(kgs))
+    csls_r[kgs == 1], csls_r[kgs == 2] = terms.r_source, terms.r_target
+    return all_targets_metrics(embeddings.joint, rows, kgs, ranking=ranking, csls_r=csls_r,
+                               potential=None, reg=None)
 
 
 def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                  visual: Path | None = None, allow_pickle: bool = False, progress: bool = True,
-                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+                 on_epoch: Callable[[dict[str, float]], None] | None = None,
+                 shard: Shard = SINGLE_PROCESS) -> dict[str, Any]:
     """Train on ``data_dir``, evaluate on the held-out test pairs, write ``out_dir``.
 
-    Returns the metrics that were written to ``metrics.json``.
+    Returns the metrics that were written to ``metrics.json``. In data-parallel training
+    (``shard`` one of several processes) only rank 0 evaluates and writes; the others return
+    an empty dict once the model is trained.
     """
     start = time.perf_counter()
     prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle)
@@ -87,11 +119,20 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     unlabelled = unlabelled_rows(data, split)
     result = train_model(config, prepared.inputs, torch.as_tensor(split.train),
                          torch.as_tensor(split.valid), device=device, progress=progress,
-                         candidate_rows=unlabelled, on_epoch=on_epoch)
+                         candidate_rows=unlabelled, on_epoch=on_epoch, shard=shard)
+    if shard.rank != 0:
+        return {}
     output = infer(result.model, prepared.inputs.to(device))
-    joint = result.joint(output.joint)
+    joint = result.joint(output.joint).cpu()
+    kgs = torch.as_tensor(data.kgs.astype(np.int64))
+    csls_r, potential = stored_ranking_terms(joint, kgs, config.eval)
+    embeddings = EmbeddingTables(
+        joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
+        modalities=dict(zip(result.model.modalities, output.modal, strict=True)),
+        csls_r=csls_r, sinkhorn_potential=potential)
     wall_s = time.perf_counter() - start
     metrics = _metrics(result, joint, split, config, wall_s, unlabelled)
+    metrics["all_targets"] = served_metrics(embeddings, kgs, split.test, config.eval)
     write_checkpoint(
         Path(out_dir),
         config={"config": config.model_dump(mode="json"),
@@ -102,9 +143,7 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                                 "feature_dims": {k: int(v.shape[1]) for k, v in
                                                  prepared.inputs.features.items()}}},
         weights=result.model.state_dict(),
-        embeddings=EmbeddingTables(
-            joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
-            modalities=dict(zip(result.model.modalities, output.modal, strict=True))),
+        embeddings=embeddings,
         entities=EntityTable(ids=data.ids.tolist(), kgs=data.kgs.astype(int).tolist(),
                              uris=list(data.uris)),
         split=_split_record(data, split, config),
@@ -116,25 +155,40 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
 SPLIT_PARTS = ("train", "valid", "test")
 
 
-def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
-                        csls_k: int | None = None) -> dict[str, Any]:
-    """Recompute metrics of a checkpoint's saved joint embeddings on its own split."""
+def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test") -> dict[str, Any]:
+    """Recompute the metrics of a checkpoint's saved joint embeddings on its own split.
+
+    Returns the model version, the headline ranking, the pair count, ``rankings`` (every
+    ranking, both directions, among the part's pairs as training reported them) and, for the
+    test part, ``all_targets`` (:func:`served_metrics`), with the seconds each step took.
+    """
     if part not in SPLIT_PARTS:
         raise ValueError(f"unknown split part {part!r}; use train, valid or test")
+    start = time.perf_counter()
     checkpoint = load_checkpoint(Path(checkpoint_dir))
     split = {name: split_rows(checkpoint, name) for name in SPLIT_PARTS}
     pairs = split[part]
     if len(pairs) == 0:
         raise CheckpointError(f"checkpoint {checkpoint_dir} has no {part} pairs")
     config = saved_config(checkpoint.config["config"])
-    if csls_k:
-        config.eval.csls_k = csls_k
     joint = checkpoint.embeddings.joint
+    report: dict[str, Any] = {"checkpoint": str(checkpoint_dir),
+                              "model_version": checkpoint.model_version, "part": part,
+                              "headline": config.eval.headline, "pairs": len(pairs)}
+    seconds = {"load": time.perf_counter() - start}
     if part != "test":
-        return evaluate_embeddings(learned_columns(joint, config.model), pairs, config.eval)
+        report["rankings"] = evaluate_embeddings(learned_columns(joint, config.model), pairs,
+                                                 config.eval)
+        seconds["rankings"] = time.perf_counter() - start - seconds["load"]
+        return {**report, "seconds": seconds}
+    kgs = torch.as_tensor(checkpoint.entities.kgs)
     labelled = np.concatenate([split["train"].reshape(-1), split["valid"].reshape(-1)])
     pools = free_rows(np.asarray(checkpoint.entities.kgs), labelled)
-    return evaluate_embeddings(joint, pairs, config.eval, pools)
+    report["rankings"] = evaluate_embeddings(joint, pairs, config.eval, pools)
+    seconds["rankings"] = time.perf_counter() - start - seconds["load"]
+    report["all_targets"] = served_metrics(checkpoint.embeddings, kgs, pairs, config.eval)
+    seconds["all_targets"] = time.perf_counter() - start - sum(seconds.values())
+    return {**report, "seconds": seconds}
 
 
 def split_rows(checkpoint: Checkpoint, part: str) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""The training loop: AdamW on seed pairs, best-on-valid selection, optional pseudo-labelling."""
+"""The training loop: AdamW on seed pairs, best-on-valid selection, optional pseudo-labelling.
+
+A run is a sequence of stages: the base fit on the seed pairs (:func:`fit_base`), then, when
+``training.iterative``, rounds that only re-seed the propagated labels (:func:`label_rounds`)
+and rounds that train the network on pseudo-labels too (:func:`pseudo_label_rounds`).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,25 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from model.config import MIMEAConfig, TrainingConfig
 from model.finite import NonFiniteError, require_finite
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
-from model.objective import alignment_objective
+from model.objective import StepObjective
 from model.propagation import propagate_seed_labels, with_propagation
 from training.evaluation import mutual_nearest_pairs, validation_hits1
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,6 +66,71 @@ class BaseStage:
     wall_s: float
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part in data-parallel training: rank ``rank`` of ``size`` processes
+    (by default the only one)."""
+
+    rank: int = 0
+    size: int = 1
+
+    def from_first(self, value: T) -> T:
+        """``value`` as rank 0 has it. What steers the run (a validation score, the
+        pseudo-labels) must be the same in every process, or their steps stop matching and
+        they wait on each other for ever."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+SINGLE_PROCESS = Shard()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimiser step as one process takes it: its batches (slices of the epoch's order
+    of the pairs) and each batch's share of the step's pairs, times the number of processes
+    (``DistributedDataParallel`` averages the processes' gradients)."""
+
+    batches: list[slice]
+    weights: list[float]
+
+
+def epoch_steps(num_pairs: int, config: TrainingConfig,
+                shard: Shard = SINGLE_PROCESS) -> list[Step]:
+    """The steps of one epoch over ``num_pairs`` pairs, as process ``shard`` takes them.
+
+    Every step runs the structure encoder over the whole graph once, so an epoch of one step
+    per batch costs (pairs / batch_size) graph passes, which grows as pairs × entities. With
+    ``steps_per_epoch`` set, once the batches outnumber it each step takes several batches
+    (each still with its own negatives) that share one pass: an epoch then costs a fixed
+    number of passes plus a loss linear in the pairs. Processes split each step's pairs
+    evenly, each cutting its share into batches.
+    """
+    batches = math.ceil(num_pairs / config.batch_size)
+    per_process = 1
+    if config.steps_per_epoch:
+        per_process = max(1, math.ceil(batches / (shard.size * config.steps_per_epoch)))
+    step_size = per_process * shard.size * config.batch_size
+    starts = list(range(0, num_pairs, step_size))
+    if len(starts) > 1 and num_pairs - starts[-1] < shard.size:
+        starts.pop()  # too few pairs left to give every process one: the step before takes them
+    return [_shard_step(lo, hi, config.batch_size, shard)
+            for lo, hi in zip(starts, [*starts[1:], num_pairs], strict=True)]
+
+
+def _shard_step(lo: int, hi: int, batch_size: int, shard: Shard) -> Step:
+    """Process ``shard``'s part of the step over pairs ``lo:hi``, in batches."""
+    size, extra = divmod(hi - lo, shard.size)
+    start = lo + shard.rank * size + min(shard.rank, extra)
+    stop = start + size + (shard.rank < extra)
+    parts = [slice(at, min(at + batch_size, stop)) for at in range(start, stop, batch_size)]
+    return Step(batches=parts,
+                weights=[(part.stop - part.start) * shard.size / (hi - lo) for part in parts])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -81,107 +157,123 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
                 valid_pairs: torch.Tensor, *, device: torch.device,
                 candidate_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
                 progress: bool = True,
-                on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[dict[str, float]], None] | None = None,
+                shard: Shard = SINGLE_PROCESS) -> TrainResult:
     """Train MIMEA and return the state that scored best on the validation pairs.
 
     ``candidate_rows`` are the KG1 and KG2 entity rows in no training or validation pair: the
     entities eligible for pseudo-labels (required when ``config.training.iterative``) and, for
-    KG2, distractors in validation.
+    KG2, distractors in validation. With ``shard`` one of several processes (their process
+    group initialised), the processes train one model data-parallel.
     """
     if len(train_pairs) == 0:
         raise ValueError("no training pairs: the seed share of the gold alignment is empty; "
                          "raise data.train_ratio or provide more gold pairs")
+    if config.training.iterative and candidate_rows is None:
+        raise ValueError("iterative training needs candidate_rows")
     start = time.perf_counter()
     seed_everything(config.training.seed)
-    # The LogSumExp loss's softmax leaves most of its [B, N] gradient below float32's normal
-    # range; denormal arithmetic is many times slower on CPUs, and these values do not matter.
-    torch.set_flush_denormal(True)
-    inputs = inputs.to(device)
-    model = build_model(config, inputs).to(device)
+    run = _Run(config, inputs, valid_pairs, candidate_rows, device=device, shard=shard,
+               progress=progress, on_epoch=on_epoch)
     train_pairs = train_pairs.to(device)
-    distractors = (candidate_rows[1] if candidate_rows is not None
-                   else torch.empty(0, dtype=torch.long)).to(device)
-    run = _Run(config, model, inputs, valid_pairs.to(device), distractors, progress, on_epoch)
-    run.fit(train_pairs, config.training.epochs)
-    pseudo = torch.empty((0, 2), dtype=torch.long, device=device)
-    base = None
-    labelled = torch.cat([train_pairs, run.valid_pairs])
-    if config.training.iterative:
-        if candidate_rows is None:
-            raise ValueError("iterative training needs candidate_rows")
-        sources, targets = (rows.to(device) for rows in candidate_rows)
-
-        def mutual_pairs(joint: torch.Tensor) -> set[tuple[int, int]]:
-            found = mutual_nearest_pairs(
-                joint, sources, targets, k=config.eval.csls_k,
-                method="sinkhorn" if config.training.pseudo_labels == "sinkhorn" else "csls",
-                agree_with_sinkhorn=config.training.pseudo_labels == "agreement",
-                sinkhorn_reg=config.training.pseudo_label_reg,
-                sinkhorn_iterations=config.eval.sinkhorn_iterations)
-            return {tuple(p) for p in found.tolist()}
-
-        def label_rounds(learned: torch.Tensor,
-                         seeds: Callable[[torch.Tensor], torch.Tensor]
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """Pseudo-label rounds with no training: the labels change what the joint embedding
-            pairs up, and the new pairs (``seeds`` adds the labelled ones) change the labels."""
-            found = torch.empty((0, 2), dtype=torch.long, device=device)
-            labels = propagate(config, inputs, seeds(found))
-            for round_no in range(config.training.label_rounds if labels is not None else 0):
-                found = torch.tensor(sorted(mutual_pairs(with_propagation(
-                    learned, labels, config.model.propagation_weight))), dtype=torch.long,
-                    device=device).reshape(-1, 2)
-                labels = propagate(config, inputs, seeds(found))
-                logger.info("label round %d: %d mutual pairs", round_no + 1, len(found))
-            return found, labels
-
-        # Each round takes the pairs that are mutual nearest neighbours both in the state the
-        # last fit ended on and in the best state so far: two snapshots of the model, so a
-        # pair must persist to be trusted, even when the last round did not beat the best
-        # (where the two are one state, every mutual pair counts). Label rounds refine the
-        # labels the first round decodes with.
-        for round_no in range(config.training.iterations):
-            ended_learned = infer(model, inputs).joint
-            model.load_state_dict(run.best_state)
-            best_learned = infer(model, inputs).joint
-            if base is None:
-                base = _base_stage(config, best_learned, inputs, labelled, run, start)
-                if config.training.label_rounds:
-                    _, run.propagated = label_rounds(best_learned,
-                                                     lambda found: torch.cat([train_pairs, found]))
-            ended, best = (mutual_pairs(with_propagation(learned, run.propagated,
-                                                         config.model.propagation_weight))
-                           for learned in (ended_learned, best_learned))
-            stable = sorted(ended & best)
-            if stable:
-                pseudo = torch.tensor(stable, dtype=torch.long, device=device)
-            logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
-                        len(best), len(stable))
-            run.fit(torch.cat([train_pairs, pseudo]), config.training.iteration_epochs)
-    model.load_state_dict(run.best_state)
-    model.eval()
-    # Selection is over, so the validation pairs are seeds like the others from here on: the
-    # labels the final embedding carries propagate from them too.
-    if config.training.iterative and base is None:  # no network round: label rounds end it
-        learned = infer(model, inputs).joint
-        base = _base_stage(config, learned, inputs, labelled, run, start)
-        pseudo, propagated = label_rounds(
-            learned, lambda found: torch.cat([train_pairs, found, run.valid_pairs]))
-    else:
-        propagated = propagate(config, inputs,
-                               torch.cat([train_pairs, pseudo, run.valid_pairs]))
-    return TrainResult(model=model, best_epoch=run.best_epoch, epochs=run.epoch,
+    fit_base(run, train_pairs)
+    base, pseudo = None, train_pairs.new_empty((0, 2))
+    if not config.training.iterative:
+        run.restore_best()
+        propagated = _final_labels(run, train_pairs, pseudo)
+    elif config.training.iterations:
+        base, pseudo = pseudo_label_rounds(run, train_pairs, start)
+        run.restore_best()
+        propagated = _final_labels(run, train_pairs, pseudo)
+    else:  # no network round: label rounds end the run, the validation pairs among the seeds
+        run.restore_best()
+        learned = run.learned()
+        base = _base_stage(run, learned, train_pairs, start)
+        pseudo, propagated = label_rounds(run, learned, train_pairs, run.valid_pairs)
+    run.model.eval()
+    return TrainResult(model=run.model, best_epoch=run.best_epoch, epochs=run.epoch,
                        valid_hits1=run.best_score, history=run.history,
                        pseudo_pairs=len(pseudo), wall_s=time.perf_counter() - start, base=base,
                        propagated=propagated)
 
 
-def _base_stage(config: MIMEAConfig, learned: torch.Tensor, inputs: GraphInputs,
-                labelled: torch.Tensor, run: _Run, start: float) -> BaseStage:
+def fit_base(run: _Run, train_pairs: torch.Tensor) -> None:
+    """The base fit: the seed pairs alone, for ``training.epochs`` (what a non-iterative run
+    is, and what pseudo-labelling starts from)."""
+    run.fit(train_pairs, run.config.training.epochs)
+
+
+def label_rounds(run: _Run, learned: torch.Tensor, before: torch.Tensor,
+                 after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pseudo-label rounds with no training: the labels change what the joint embedding
+    (``learned`` with the labels) pairs up, and the new pairs change the labels.
+
+    The labels propagate from ``before``, the pairs found, then ``after``. Returns the last
+    round's pairs and labels (None when ``model.propagation`` is off: nothing to re-seed).
+    """
+    config = run.config
+    found = before.new_empty((0, 2))
+    labels = propagate(config, run.inputs, torch.cat([before, found, after]))
+    for round_no in range(config.training.label_rounds if labels is not None else 0):
+        found = torch.tensor(sorted(run.mutual_pairs(learned, labels)), dtype=torch.long,
+                             device=before.device).reshape(-1, 2)
+        labels = propagate(config, run.inputs, torch.cat([before, found, after]))
+        logger.info("label round %d: %d mutual pairs", round_no + 1, len(found))
+    return found, labels
+
+
+def pseudo_label_rounds(run: _Run, train_pairs: torch.Tensor,
+                        start: float) -> tuple[BaseStage, torch.Tensor]:
+    """Network rounds, each a fit on the seed pairs plus pseudo-labels; returns the base stage
+    (the best state before them) and the last round's pseudo-labels.
+
+    A round takes the pairs that are mutual nearest neighbours both in the state the last fit
+    ended on and in the best state so far: two snapshots of the model, so a pair must persist
+    to be trusted, even when the last round did not beat the best (where the two are one
+    state, every mutual pair counts). Label rounds refine the labels the first round decodes
+    with.
+    """
+    cfg = run.config.training
+    ended, best = _snapshots(run)
+    base = _base_stage(run, best, train_pairs, start)
+    if cfg.label_rounds:
+        _, run.propagated = label_rounds(run, best, train_pairs, train_pairs.new_empty((0, 2)))
+    pseudo = train_pairs.new_empty((0, 2))
+    for round_no in range(cfg.iterations):
+        if round_no:
+            ended, best = _snapshots(run)
+        mutual = [run.mutual_pairs(learned, run.propagated) for learned in (ended, best)]
+        stable = run.shard.from_first(sorted(mutual[0] & mutual[1]))
+        if stable:
+            pseudo = torch.tensor(stable, dtype=torch.long, device=train_pairs.device)
+        logger.info("pseudo-label round %d: %d mutual pairs, %d stable", round_no + 1,
+                    len(mutual[1]), len(stable))
+        run.fit(torch.cat([train_pairs, pseudo]), cfg.iteration_epochs)
+    return base, pseudo
+
+
+def _final_labels(run: _Run, train_pairs: torch.Tensor,
+                  pseudo: torch.Tensor) -> torch.Tensor | None:
+    """The labels the final embedding carries. Selection is over, so the validation pairs are
+    seeds like the others: the labels propagate from them too."""
+    return propagate(run.config, run.inputs, torch.cat([train_pairs, pseudo, run.valid_pairs]))
+
+
+def _snapshots(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The learned joint embedding of the state the last fit ended on, then of the best
+    state, which the model keeps."""
+    ended = run.learned()
+    run.restore_best()
+    return ended, run.learned()
+
+
+def _base_stage(run: _Run, learned: torch.Tensor, train_pairs: torch.Tensor,
+                start: float) -> BaseStage:
     """The selected model (its ``learned`` joint embedding) before any pseudo-label, ranked
     as a non-iterative run ranks it."""
-    joint = with_propagation(learned, propagate(config, inputs, labelled),
-                             config.model.propagation_weight)
+    labelled = torch.cat([train_pairs, run.valid_pairs])
+    joint = with_propagation(learned, propagate(run.config, run.inputs, labelled),
+                             run.config.model.propagation_weight)
     return BaseStage(joint=joint.cpu(), epochs=run.epoch, best_epoch=run.best_epoch,
                      wall_s=time.perf_counter() - start)
 
@@ -213,32 +305,59 @@ def epoch_lr(config: TrainingConfig, epoch: int, epochs: int) -> float:
 
 
 class _Run:
-    """Mutable state of one training run (epoch counter, best state, history)."""
+    """Mutable state of one training run (model, epoch counter, best state, history)."""
 
-    def __init__(self, config: MIMEAConfig, model: MIMEA, inputs: GraphInputs,
-                 valid_pairs: torch.Tensor, distractors: torch.Tensor, progress: bool,
+    def __init__(self, config: MIMEAConfig, inputs: GraphInputs, valid_pairs: torch.Tensor,
+                 candidate_rows: tuple[torch.Tensor, torch.Tensor] | None, *,
+                 device: torch.device, shard: Shard, progress: bool,
                  on_epoch: Callable[[dict[str, float]], None] | None) -> None:
         self.config = config
-        self.model = model
-        self.inputs = inputs
-        self.valid_pairs = valid_pairs
-        self.distractors = distractors
+        self.inputs = inputs.to(device)
+        self.model = build_model(config, self.inputs).to(device)
+        self.valid_pairs = valid_pairs.to(device)
+        self.candidates = None
+        if candidate_rows is not None:
+            self.candidates = (candidate_rows[0].to(device), candidate_rows[1].to(device))
+        self.distractors = (self.candidates[1] if self.candidates is not None
+                            else torch.empty(0, dtype=torch.long, device=device))
+        self.shard = shard
         self.progress = progress
         self.on_epoch = on_epoch
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.lr,
+        self.step_loss = _step_module(StepObjective(self.model, self.inputs, config.loss), shard,
+                                      config.training.seed)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.training.lr,
                                            weight_decay=config.training.weight_decay)
         self.epoch = 0
         self.best_epoch = 0
         self.best_score = -1.0
-        self.best_state = copy.deepcopy(model.state_dict())
+        self.best_state = copy.deepcopy(self.model.state_dict())
         self.history: list[dict[str, float]] = []
         self.generator = torch.Generator().manual_seed(config.training.seed)
         self.propagated: torch.Tensor | None = None
 
-    def joint(self) -> torch.Tensor:
-        """The current model's joint embedding with the propagated seed labels appended."""
-        return with_propagation(infer(self.model, self.inputs).joint, self.propagated,
-                                self.config.model.propagation_weight)
+    def learned(self) -> torch.Tensor:
+        """The current model's learned joint embedding (no propagated labels)."""
+        return infer(self.model, self.inputs).joint
+
+    def restore_best(self) -> None:
+        """Put the model back in the best state so far."""
+        self.model.load_state_dict(self.best_state)
+
+    def mutual_pairs(self, learned: torch.Tensor,
+                     labels: torch.Tensor | None) -> set[tuple[int, int]]:
+        """The candidate pairs that ``learned`` with ``labels`` appended pairs up both ways,
+        decoded as ``training.pseudo_labels`` says."""
+        config = self.config
+        assert self.candidates is not None  # train_model checks iterative runs have them
+        sources, targets = self.candidates
+        found = mutual_nearest_pairs(
+            with_propagation(learned, labels, config.model.propagation_weight), sources,
+            targets, k=config.eval.csls_k,
+            method="sinkhorn" if config.training.pseudo_labels == "sinkhorn" else "csls",
+            agree_with_sinkhorn=config.training.pseudo_labels == "agreement",
+            sinkhorn_reg=config.training.pseudo_label_reg,
+            sinkhorn_iterations=config.eval.sinkhorn_iterations)
+        return {tuple(p) for p in found.tolist()}
 
     def fit(self, pairs: torch.Tensor, epochs: int) -> None:
         """Train for up to ``epochs`` more epochs; patience counts from this call.
@@ -283,40 +402,56 @@ class _Run:
         self.model.train()
         order = torch.randperm(len(pairs), generator=self.generator).to(pairs.device)
         sums: dict[str, float] = {}
-        batches = 0
-        for start in range(0, len(pairs), self.config.training.batch_size):
-            batch = pairs[order[start:start + self.config.training.batch_size]]
-            terms = alignment_objective(self.model, self.inputs, batch[:, 0], batch[:, 1],
-                                        self.config.loss)
-            self._require_finite_losses(terms, batches)
+        steps = epoch_steps(len(pairs), self.config.training, self.shard)
+        for number, step in enumerate(steps):
+            batches = [pairs[order[part]] for part in step.batches]
+            loss, terms = self.step_loss([(batch[:, 0], batch[:, 1]) for batch in batches],
+                                         step.weights)
+            self._require_finite_losses(terms, number)
             self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            loss.backward()
             self.optimizer.step()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-            batches += 1
-        return {key: value / max(batches, 1) for key, value in sums.items()}
+        return {key: value / max(len(steps), 1) for key, value in sums.items()}
 
-    def _require_finite_losses(self, terms: dict[str, torch.Tensor], batch: int) -> None:
+    def _require_finite_losses(self, terms: dict[str, torch.Tensor], step: int) -> None:
         """Stop the run at the first NaN or infinite loss: the optimiser step would spread it
         into every parameter, and later scores would be meaningless."""
         for name, value in terms.items():
             if not bool(torch.isfinite(value.detach()).all()):
                 raise NonFiniteError(
-                    f"training diverged at epoch {self.epoch}, batch {batch + 1}: the loss term "
+                    f"training diverged at epoch {self.epoch}, step {step + 1}: the loss term "
                     f"{name!r} is {float(value.detach())}; check the input features for extreme "
                     f"values or lower training.lr")
 
     def _validate(self) -> float:
-        if len(self.valid_pairs) == 0:
-            return 0.0
+        """Validation Hits@1 as rank 0 scores it (the other processes wait for it)."""
+        return self.shard.from_first(self._score() if self.shard.rank == 0 else 0.0)
+
+    def _score(self) -> float:
         # The learned embedding alone: the propagated labels lift every epoch's score alike,
         # so with them an early epoch's plateau can outlast the patience (on FB15K-DB15K
         # training stopped at epoch 8 of 60 that way).
-        joint = infer(self.model, self.inputs).joint
+        joint = self.learned()
         try:
             require_finite(joint, "the joint embedding")
         except NonFiniteError as exc:
             raise NonFiniteError(f"training diverged at epoch {self.epoch}: {exc}") from None
         return validation_hits1(joint, self.valid_pairs, self.distractors,
                                 k=self.config.eval.csls_k)
+
+
+def _step_module(objective: StepObjective, shard: Shard, seed: int) -> nn.Module:
+    """The step's loss as this process computes it: wrapped in ``DistributedDataParallel``
+    (which averages the gradients of the processes) when there are several.
+
+    ``find_unused_parameters``: a step need not reach every parameter (a loss term switched
+    off leaves its module idle). Once the model is the same everywhere, each process reseeds
+    so that the processes draw different negatives.
+    """
+    if shard.size == 1:
+        return objective
+    wrapped = DistributedDataParallel(objective, find_unused_parameters=True)
+    torch.manual_seed(seed + shard.rank)
+    return wrapped

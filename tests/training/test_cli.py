@@ -101,12 +101,21 @@ def test_train_prints_a_metrics_table(synthetic_dir: Path, tmp_path: Path,
 def test_evaluate_json(cli_checkpoint: Path) -> None:
     result = invoke("evaluate", "--checkpoint", cli_checkpoint, "--json")
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    checkpoint = load_checkpoint(cli_checkpoint)
+    assert report["model_version"] == checkpoint.model_version
+    assert report["headline"] == "sinkhorn" and report["part"] == "test"
+    assert report["pairs"] == len(checkpoint.split["test"])
+    metrics = report["rankings"]
     assert set(metrics) == {"cosine", "csls", "sinkhorn"}
     for directions in metrics.values():
         assert set(directions) == {"kg1_to_kg2", "kg2_to_kg1"}
-    stored = load_checkpoint(cli_checkpoint).metrics["test"]
-    assert metrics["csls"]["kg1_to_kg2"] == pytest.approx(stored["csls"]["kg1_to_kg2"])
+    stored = checkpoint.metrics
+    assert metrics["csls"]["kg1_to_kg2"] == pytest.approx(stored["test"]["csls"]["kg1_to_kg2"])
+    for direction in ("kg1_to_kg2", "kg2_to_kg1"):
+        assert report["all_targets"][direction] == pytest.approx(
+            stored["all_targets"][direction])
+    assert set(report["seconds"]) == {"load", "rankings", "all_targets"}
 
 
 @pytest.mark.slow
@@ -114,8 +123,11 @@ def test_evaluate_table(cli_checkpoint: Path) -> None:
     result = invoke("evaluate", "--checkpoint", cli_checkpoint, "--part", "valid")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split()[:3] == ["ranking", "direction", "Hits@1"]
-    assert len(lines) == 7  # header and 3 rankings x 2 directions
+    assert lines[0].startswith("model ") and "valid pairs, headline ranking sinkhorn" in lines[0]
+    assert lines[1].split()[:3] == ["ranking", "direction", "Hits@1"]
+    assert len(lines) == 9  # summary, header, 3 rankings x 2 directions, timings
+    test = invoke("evaluate", "--checkpoint", cli_checkpoint).stdout.strip().splitlines()
+    assert test[-2].startswith("served (sinkhorn, every KG2 entity a candidate): Hits@1 ")
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
@@ -243,5 +255,7 @@ def test_evaluate_collapsed_embedding_scores_zero(cli_checkpoint: Path, tmp_path
     collapsed = _rewritten(cli_checkpoint, tmp_path / "c", joint=torch.ones_like)
     result = invoke("evaluate", "--checkpoint", collapsed, "--json")
     assert result.exit_code == 0, result.output
-    for ranking in json.loads(result.stdout).values():
+    report = json.loads(result.stdout)
+    for ranking in report["rankings"].values():
         assert ranking["kg1_to_kg2"]["hits1"] == 0.0
+    assert report["all_targets"]["kg1_to_kg2"]["hits1"] == 0.0

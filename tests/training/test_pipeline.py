@@ -78,8 +78,14 @@ def test_split_record_is_disjoint(trained_run: TrainedRun) -> None:
 
 @pytest.mark.parametrize("part", ["test", "valid"])
 def test_evaluate_checkpoint_reproduces_stored_metrics(part: str, trained_run: TrainedRun) -> None:
-    recomputed = evaluate_checkpoint(trained_run.checkpoint, part=part)
+    report = evaluate_checkpoint(trained_run.checkpoint, part=part)
+    recomputed = report["rankings"]
     stored = trained_run.metrics[part]
+    if part == "test":
+        served, stored_served = report["all_targets"], trained_run.metrics["all_targets"]
+        assert served["ranking"] == stored_served["ranking"] == "sinkhorn"
+        for direction in ("kg1_to_kg2", "kg2_to_kg1"):
+            assert served[direction] == pytest.approx(stored_served[direction])
     assert set(recomputed) == set(stored)
     for method, directions in stored.items():
         for direction, values in directions.items():
@@ -160,5 +166,5 @@ def test_seed_pairs_rank_with_the_learned_columns(trained_run: TrainedRun) -> No
     assert bool(((norms - 1).abs() < 1e-5).logical_or(norms == 0).all())
     row_of = {entity: row for row, entity in enumerate(checkpoint.entities.ids)}
     valid = np.array([[row_of[a], row_of[b]] for a, b in checkpoint.split["valid"]])
-    assert evaluate_checkpoint(trained_run.checkpoint, part="valid") == \
+    assert evaluate_checkpoint(trained_run.checkpoint, part="valid")["rankings"] == \
         evaluate_embeddings(learned, valid, config.eval)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.config import MIMEAConfig, load_config
+from model.config import MIMEAConfig, TrainingConfig, load_config
 from model.device import resolve_device
 from model.finite import NonFiniteError
+from model.objective import StepObjective, batch_terms, plan_rows
 from training import trainer as trainer_module
 from training.pipeline import PreparedData, prepare
 from training.trainer import TrainResult, train_model
@@ -289,3 +292,101 @@ def test_no_training_pairs_is_a_clear_error(synthetic_dir: Path,
         train_model(config, data.inputs, torch.empty((0, 2), dtype=torch.long),
                     torch.as_tensor(data.split.valid), device=torch.device("cpu"),
                     progress=False)
+
+
+ZH_EN_TRAIN_PAIRS = 4050  # DBP15K zh_en: 30% of 15,000 gold pairs, less the validation tenth
+
+
+@pytest.mark.parametrize("steps_per_epoch", [0, 4])
+def test_zh_en_keeps_a_step_per_batch(steps_per_epoch: int) -> None:
+    # The default run on zh_en (4,050 pairs, batches of 1,024) takes the same four steps, of
+    # the same pairs, whether the steps are capped at four or not.
+    config = TrainingConfig(steps_per_epoch=steps_per_epoch)
+    steps = trainer_module.epoch_steps(ZH_EN_TRAIN_PAIRS, config)
+    assert [step.batches for step in steps] == [[slice(0, 1024)], [slice(1024, 2048)],
+                                                [slice(2048, 3072)], [slice(3072, 4050)]]
+    assert all(step.weights == [1.0] for step in steps)
+
+
+@pytest.mark.parametrize("pairs", [26_730, 48_600])
+def test_steps_per_epoch_bounds_the_passes_over_the_graph(pairs: int) -> None:
+    # The 100k and 200k synthetic pairs: 27 and 48 batches, but four steps, each a few
+    # batches of at most batch_size pairs that cover every pair once.
+    steps = trainer_module.epoch_steps(pairs, TrainingConfig(steps_per_epoch=4))
+    assert len(steps) == 4
+    covered = [i for step in steps for part in step.batches for i in range(pairs)[part]]
+    assert covered == list(range(pairs))
+    assert all(part.stop - part.start <= 1024 for step in steps for part in step.batches)
+    for step in steps:
+        assert sum(step.weights) == pytest.approx(1.0)
+
+
+def test_a_step_of_several_batches_has_the_gradient_of_their_weighted_sum(
+        synthetic_dir: Path, tiny_overrides: list[str]) -> None:
+    # Each batch's gradient is taken on its own against detached copies of the shared pass;
+    # the sum that reaches the parameters must be the gradient of the weighted sum of the
+    # batch losses (learned fusion on: its KL term goes through the shared pass too).
+    config = _config(tiny_overrides, "model.fusion=true", "loss.ot_batch=16")
+    data = prepare(synthetic_dir, config)
+    model = trainer_module.build_model(config, data.inputs).train()
+    pairs = torch.as_tensor(data.split.train)
+    batches = [(part[:, 0], part[:, 1]) for part in pairs.split(40)]
+    weights = [len(left) / len(pairs) for left, _ in batches]
+    assert len(batches) >= 3
+
+    def gradients(loss: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        loss().backward()
+        return [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+
+    def weighted_sum() -> torch.Tensor:
+        rows, plans = plan_rows(config.loss, data.inputs.num_entities, batches)
+        output = model(data.inputs, rows=rows)
+        return torch.stack([weight * batch_terms(model, output, plan, config.loss)["total"]
+                            for plan, weight in zip(plans, weights, strict=True)]).sum()
+
+    stepped = gradients(lambda: StepObjective(model, data.inputs, config.loss)(
+        batches, weights)[0])
+    expected = gradients(weighted_sum)
+    assert any(g.abs().sum() > 0 for g in expected)
+    for got, want in zip(stepped, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_cap_above_the_batches_changes_nothing(synthetic_dir: Path,
+                                                 tiny_overrides: list[str]) -> None:
+    # Four batches under a cap of four steps: the very run of no cap, to the last bit (one
+    # thread, so that no float sum changes order).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [_train(prepare(synthetic_dir, config), config) for config in (
+            _config(tiny_overrides, "training.batch_size=32", f"training.steps_per_epoch={cap}")
+            for cap in (0, 4))]
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0].history == results[1].history
+    uncapped, capped = (r.model.state_dict() for r in results)
+    assert all(torch.equal(uncapped[key], capped[key]) for key in uncapped)
+
+
+def test_a_capped_run_takes_fewer_steps(synthetic_dir: Path, tiny_overrides: list[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four batches of 32 pairs in one step per epoch: one pass over the graph, four losses.
+    calls: list[int] = []
+    original = StepObjective.forward
+
+    def counting(self: StepObjective, batches: list, weights: list[float]) -> object:
+        calls.append(len(batches))
+        return original(self, batches, weights)
+
+    monkeypatch.setattr(StepObjective, "forward", counting)
+    config = _config(tiny_overrides, "training.batch_size=32", "training.steps_per_epoch=1")
+    data = prepare(synthetic_dir, config)
+    result = _train(data, config)
+    batches = -(-len(data.split.train) // 32)
+    assert batches > 1
+    assert calls == [batches] * config.training.epochs
+    assert result.epochs == config.training.epochs
+    assert all(math.isfinite(record["total"]) for record in result.history)
