@@ -17,10 +17,20 @@ A checkpoint holds only data formats that load without running code::
                             kg is 1 or 2; ids fit int64; URIs obey model.identifiers
     split.json              train ratio, seed, and the train/valid/test pairs as entity ids
     metrics.json            valid and test metrics, epochs, wall time
+    decisions.safetensors   optional: the decided alignment (model/decisions.py), row-aligned
+                            with the entity table: "counterpart" [N] int64 (the row of the other
+                            KG one-to-one decoding pairs it with, -1 for none), "probability"
+                            [N] float32 (of that pairing: 1 for a seed, 0 for none),
+                            "runner_up" [N] int64 (its best candidate besides the counterpart,
+                            -1 for none) and "seed" [N] bool (a training or validation pair);
+                            present exactly when config.json has a "decisions" object, whose
+                            "threshold" in [0, 1] is the probability a pairing needs to be a
+                            match by default
 
 Integrity (format 2). ``config.json["files"]`` is a manifest ``{name: {"bytes", "sha256"}}`` of
-every other file, and ``model_version`` is the first 16 hex digits of the SHA-256 of the
-canonical JSON of ``config.json`` without ``model_version`` (so it covers the manifest).
+every other file (an optional file is read only when the manifest lists it), and
+``model_version`` is the first 16 hex digits of the SHA-256 of the canonical JSON of
+``config.json`` without ``model_version`` (so it covers the manifest).
 Loading checks the model version against its manifest, every file's size and, unless
 ``verify=False``, its digest: a truncated, replaced or hand-edited checkpoint is refused instead
 of being served. Format 1 checkpoints (no manifest) still load, unverified, with a warning.
@@ -70,6 +80,10 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 ENTITIES_FILE = "entities.tsv"
 SPLIT_FILE = "split.json"
 METRICS_FILE = "metrics.json"
+DECISIONS_FILE = "decisions.safetensors"
+DECISIONS_KEY = "decisions"
+DECISION_TENSORS = {"counterpart": torch.int64, "probability": torch.float32,
+                    "runner_up": torch.int64, "seed": torch.bool}
 DATA_FILES = (WEIGHTS_FILE, EMBEDDINGS_FILE, ENTITIES_FILE, SPLIT_FILE, METRICS_FILE)
 REQUIRED_FILES = (CONFIG_FILE, *DATA_FILES)
 GENERATED_KEYS = ("format_version", "model_version", "embedding_dims", "files")
@@ -114,6 +128,16 @@ class EmbeddingTables:
 
 
 @dataclass(frozen=True)
+class DecisionTables:
+    """The decided alignment, row-aligned with the entity table (see the module docstring)."""
+
+    counterpart: torch.Tensor
+    probability: torch.Tensor
+    runner_up: torch.Tensor
+    seed: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Everything a checkpoint directory holds, validated."""
 
@@ -124,6 +148,7 @@ class Checkpoint:
     split: dict[str, Any]
     metrics: dict[str, Any]
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    decisions: DecisionTables | None = None
 
     @property
     def model_version(self) -> str:
@@ -146,24 +171,28 @@ def write_checkpoint(
     entities: EntityTable,
     split: Mapping[str, Any],
     metrics: Mapping[str, Any],
+    decisions: DecisionTables | None = None,
 ) -> str:
     """Write a checkpoint atomically (see the module docstring) and return its model version.
 
     ``config`` must contain ``modalities`` (the order of the columns of ``fusion_weights`` and
-    ``mask``); the keys in ``GENERATED_KEYS`` are computed here. The loader's rules are applied
-    before anything is written, so whatever is written can be loaded.
+    ``mask``) and, with ``decisions``, a ``decisions`` object; the keys in ``GENERATED_KEYS``
+    are computed here. The loader's rules are applied before anything is written, so whatever
+    is written can be loaded.
     """
     path = Path(path)
     config = {k: v for k, v in config.items() if k not in GENERATED_KEYS}
     _check_model_config(config, where=f"checkpoint {path}: config")
     _check_entities(entities, source=path)
     _check_consistency(entities, embeddings, list(config["modalities"]), source=path)
+    _check_decisions(decisions, config, entities.kgs, where=f"checkpoint {path}")
     _refuse_foreign(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     token = tmp.name.rsplit("-", 1)[1]
     try:
-        version = _write_files(tmp, config, weights, embeddings, entities, split, metrics)
+        version = _write_files(tmp, config, weights, embeddings, entities, split, metrics,
+                               decisions)
         final = tmp.rename(path.parent / f".{path.name}.v-{version}-{token}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,7 +211,7 @@ def _refuse_foreign(path: Path) -> None:
 
 def _write_files(directory: Path, config: dict[str, Any], weights: Mapping[str, torch.Tensor],
                  embeddings: EmbeddingTables, entities: EntityTable, split: Mapping[str, Any],
-                 metrics: Mapping[str, Any]) -> str:
+                 metrics: Mapping[str, Any], decisions: DecisionTables | None) -> str:
     """Fill ``directory``; return the model version recorded in its config.json."""
     directory.chmod(DIR_MODE)
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
@@ -191,17 +220,22 @@ def _write_files(directory: Path, config: dict[str, Any], weights: Mapping[str, 
     _write_entities(directory / ENTITIES_FILE, entities)
     _write_json(directory / SPLIT_FILE, dict(split))
     _write_json(directory / METRICS_FILE, dict(metrics))
+    names = list(DATA_FILES)
+    if decisions is not None:
+        save_file({name: getattr(decisions, name).detach().cpu().contiguous()
+                   for name in DECISION_TENSORS}, directory / DECISIONS_FILE)
+        names.append(DECISIONS_FILE)
     full = {
         **config,
         "format_version": FORMAT_VERSION,
         "embedding_dims": {"joint": int(embeddings.joint.shape[1]),
                            **{m: int(t.shape[1]) for m, t in embeddings.modalities.items()}},
-        "files": {name: _file_entry(directory / name) for name in DATA_FILES},
+        "files": {name: _file_entry(directory / name) for name in names},
     }
     full = json.loads(json.dumps(full))  # hash exactly what a reader will parse
     full["model_version"] = _version_of(full)
     _write_json(directory / CONFIG_FILE, full)
-    for name in REQUIRED_FILES:
+    for name in (CONFIG_FILE, *names):
         (directory / name).chmod(FILE_MODE)
     return str(full["model_version"])
 
@@ -355,10 +389,13 @@ def _load(path: Path, directory: Path, *, with_weights: bool, verify: bool) -> C
     _check_values(embeddings, shown=path / EMBEDDINGS_FILE)
     weights = (_read_safetensors(directory / WEIGHTS_FILE, shown=path / WEIGHTS_FILE)
                if with_weights else {})
+    decisions = (_read_decisions(directory / DECISIONS_FILE, shown=path / DECISIONS_FILE)
+                 if _lists_decisions(directory, config) else None)
+    _check_decisions(decisions, config, entities.kgs, where=f"checkpoint {path}")
     return Checkpoint(path=path, config=config, entities=entities, embeddings=embeddings,
                       split=_read_json(directory / SPLIT_FILE, shown=path / SPLIT_FILE),
                       metrics=_read_json(directory / METRICS_FILE, shown=path / METRICS_FILE),
-                      weights=weights)
+                      weights=weights, decisions=decisions)
 
 
 # ----------------------------------------------------------------------------------- manifest
@@ -557,6 +594,74 @@ def _read_safetensors(path: Path, *, shown: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         raise CheckpointError(
             f"{shown}: not a readable safetensors file ({_one_line(exc)})") from exc
+
+
+# ---------------------------------------------------------------------------------- decisions
+
+
+def _lists_decisions(directory: Path, config: Mapping[str, Any]) -> bool:
+    """Whether the checkpoint has the optional decisions file: listed in the manifest
+    (format 2; an unlisted file is unverified, so it is not read) or present (format 1)."""
+    if config["format_version"] == 1:
+        return (directory / DECISIONS_FILE).is_file()
+    return DECISIONS_FILE in config["files"]
+
+
+def _read_decisions(path: Path, *, shown: Path) -> DecisionTables:
+    tensors = _read_safetensors(path, shown=shown)
+    for name, dtype in DECISION_TENSORS.items():
+        if name not in tensors:
+            raise CheckpointError(f"{shown}: missing tensor {name!r}")
+        if tensors[name].dtype != dtype:
+            raise CheckpointError(f"{shown}: tensor {name!r} is {tensors[name].dtype}, "
+                                  f"expected {dtype}")
+    return DecisionTables(**{name: tensors[name] for name in DECISION_TENSORS})
+
+
+def _check_decisions(decisions: DecisionTables | None, config: Mapping[str, Any],
+                     kgs: Sequence[int], *, where: str) -> None:
+    """The decisions file and config.json's "decisions" object come together, and the
+    tables describe a one-to-one alignment between the two KGs."""
+    settings = config.get(DECISIONS_KEY)
+    if decisions is None:
+        if settings is not None:
+            raise CheckpointError(f"{where}: {CONFIG_FILE} has {DECISIONS_KEY!r} but there is no "
+                                  f"{DECISIONS_FILE}")
+        return
+    threshold = settings.get("threshold") if isinstance(settings, dict) else None
+    if type(threshold) not in (int, float) or not 0.0 <= threshold <= 1.0:
+        raise CheckpointError(f"{where}: {CONFIG_FILE} needs a {DECISIONS_KEY!r} object with a "
+                              f"'threshold' in [0, 1] beside {DECISIONS_FILE}, not "
+                              f"{_short(settings)}")
+    problem = _decision_problem(decisions, torch.as_tensor(list(kgs)))
+    if problem:
+        raise CheckpointError(f"{where}: {DECISIONS_FILE}: {problem}")
+
+
+def _decision_problem(tables: DecisionTables, kgs: torch.Tensor) -> str | None:
+    """What makes ``tables`` no one-to-one alignment of these entities (None if nothing)."""
+    n = len(kgs)
+    for name in DECISION_TENSORS:
+        shape = tuple(getattr(tables, name).shape)
+        if shape != (n,):
+            return f"{name!r} has shape {shape}, expected {(n,)}"
+    counterpart, runner_up, probability = tables.counterpart, tables.runner_up, tables.probability
+    for name, rows in (("counterpart", counterpart), ("runner_up", runner_up)):
+        if bool(((rows < -1) | (rows >= n)).any()):
+            return f"{name!r} holds a row outside -1..{n - 1}"
+        linked = torch.nonzero(rows >= 0).squeeze(1)
+        if bool((kgs[rows[linked]] == kgs[linked]).any()):
+            return f"{name!r} pairs an entity with one of its own KG"
+    paired = torch.nonzero(counterpart >= 0).squeeze(1)
+    if bool((counterpart[counterpart[paired]] != paired).any()):
+        return "'counterpart' is not one-to-one (a counterpart's counterpart is another entity)"
+    if not bool(((probability >= 0) & (probability <= 1)).all()):
+        return "'probability' holds values outside [0, 1] (or NaN)"
+    if bool((probability[counterpart < 0] != 0).any()):
+        return "an entity without a counterpart has a non-zero 'probability'"
+    if bool(((counterpart < 0) | (probability != 1))[tables.seed].any()):
+        return "a seed lacks a counterpart or a 'probability' of 1"
+    return None
 
 
 # ----------------------------------------------------------------------------------- entities

@@ -3,8 +3,9 @@
 A latent "world" is generated first: entities with types, a relation graph with a skewed
 degree distribution (Chung-Lu weights from a power law: a few hubs, many entities of degree
 1-2), typed relations, attributes with numeric and date values, and a latent visual vector.
-Each KG is a noisy view of that world: its own subset of entities, ids, URIs and relation ids
-(some relations merged), a fraction of edges dropped and random ones added, attributes dropped
+Each KG is a noisy view of that world: its own subset of entities (those outside the other
+KG's subset have no counterpart there: ``dangling``), ids, URIs and relation ids (some relations
+merged), a fraction of edges dropped and random ones added, attributes dropped
 or renamed, image features from a shared random projection plus per-KG noise, some images
 missing. The views agree enough to be learnable, and no single modality aligns them perfectly.
 """
@@ -42,6 +43,9 @@ class SyntheticSpec:
     num_attributes: int = 60
     visual_dim: int = 64
     overlap: float = 0.9  # fraction of world entities present in both KGs (gold pairs)
+    # Share of each KG's entities present in that KG only; when set it fixes ``overlap``
+    # (a share d of each KG is (1 - o) / 2 of the world over o + (1 - o) / 2, so o = (1-d)/(1+d)).
+    dangling: float | None = None
     edge_noise: float = 0.15  # fraction of each KG's edges dropped, and as many random ones added
     visual_missing: float = 0.2  # fraction of entities per KG with no image
     attribute_missing: float = 0.1  # fraction of entities per KG with no attribute
@@ -57,6 +61,10 @@ class SyntheticSpec:
                              f"got {self.num_attributes}")
         if self.avg_degree <= 0 or self.visual_dim < 1:
             raise ValueError("avg_degree must be > 0 and visual_dim >= 1")
+        if self.dangling is not None:
+            if not 0.0 <= self.dangling < 1.0:
+                raise ValueError(f"dangling must be in [0, 1), got {self.dangling}")
+            object.__setattr__(self, "overlap", (1.0 - self.dangling) / (1.0 + self.dangling))
         if not 0.0 < self.overlap <= 1.0:
             raise ValueError(f"overlap must be in (0, 1], got {self.overlap}")
         for name in ("edge_noise", "visual_missing", "attribute_missing"):
@@ -214,7 +222,7 @@ def _visual_features(spec: SyntheticSpec, world: _World, members: np.ndarray,
 
 
 def write_synthetic_pair(out_dir: Path, spec: SyntheticSpec | None = None, *,
-                         overwrite: bool = False) -> dict[str, int | str]:
+                         overwrite: bool = False) -> dict[str, int | float | str]:
     """Write a synthetic KG pair into ``out_dir`` and return its sizes.
 
     Refuses a non-empty ``out_dir`` unless ``overwrite``; files are written to a temporary
@@ -251,11 +259,14 @@ def write_synthetic_pair(out_dir: Path, spec: SyntheticSpec | None = None, *,
         image_ids.append(local[members])
         image_features.append(_visual_features(spec, world, members, projection, rng))
 
-    summary: dict[str, int | str] = {
+    summary: dict[str, int | float | str] = {
         "kg1_entities": len(members1), "kg2_entities": len(members2),
         "kg1_triples": len(kg1["triples"]), "kg2_triples": len(kg2["triples"]),
-        "gold_pairs": len(gold), "kg1_images": len(image_ids[0]),
-        "kg2_images": len(image_ids[1]), "out_dir": str(out_dir),
+        "gold_pairs": len(gold), "kg1_dangling": len(members1) - len(gold),
+        "kg2_dangling": len(members2) - len(gold),
+        "dangling_share": round(1.0 - 2 * len(gold) / (len(members1) + len(members2)), 6),
+        "kg1_images": len(image_ids[0]), "kg2_images": len(image_ids[1]),
+        "out_dir": str(out_dir),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

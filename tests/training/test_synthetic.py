@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,8 +104,29 @@ def test_refuses_non_empty_directory(tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "mine" and (tmp_path / "ent_ids_1").is_file()
 
 
+@pytest.mark.parametrize("dangling", [0.0, 0.2, 0.5])
+def test_dangling_share_of_each_kg(tmp_path: Path, dangling: float) -> None:
+    spec = replace(SPEC, num_entities=1000, dangling=dangling)
+    summary = write_synthetic_pair(tmp_path, spec)
+    data = load_kg_pair(tmp_path)
+    for kg in (1, 2):
+        alone = summary[f"kg{kg}_entities"] - len(data.gold)
+        assert summary[f"kg{kg}_dangling"] == alone
+        assert abs(alone / summary[f"kg{kg}_entities"] - dangling) < 0.01
+    recorded = json.loads((tmp_path / "synthetic.json").read_text())
+    assert recorded["spec"]["dangling"] == dangling
+    assert recorded["summary"]["dangling_share"] == pytest.approx(dangling, abs=0.01)
+
+
+def test_default_spec_records_its_dangling_share(tmp_path: Path) -> None:
+    summary = write_synthetic_pair(tmp_path, SPEC)
+    assert summary["dangling_share"] == pytest.approx((1 - SPEC.overlap) / (1 + SPEC.overlap),
+                                                      abs=0.01)
+
+
 @pytest.mark.parametrize("bad", [{"overlap": 0.0}, {"edge_noise": 1.0}, {"num_entities": 3},
-                                 {"visual_missing": -0.1}, {"num_attributes": 0}])
+                                 {"visual_missing": -0.1}, {"num_attributes": 0},
+                                 {"dangling": 1.0}, {"dangling": -0.1}])
 def test_bad_spec_rejected(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SyntheticSpec(**bad)
