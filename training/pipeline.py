@@ -27,6 +27,7 @@ from model.device import resolve_device
 from model.finite import require_finite
 from model.mimea import GraphInputs
 from model.ranking import Ranking, ranking_terms, serving_terms
+from training import calibration
 from training.data import KGPairData, load_kg_pair
 from training.evaluation import all_targets_metrics, evaluate_rankings
 from training.features import FeatureOptions, build_modal_inputs
@@ -149,7 +150,8 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
         split=_split_record(data, split, config),
         metrics=metrics,
     )
-    return metrics
+    calibration.record_decisions(Path(out_dir), prepared.inputs)
+    return load_checkpoint(Path(out_dir)).metrics  # with the decisions' test figures
 
 
 SPLIT_PARTS = ("train", "valid", "test")

@@ -209,7 +209,8 @@ def _rewritten(source: Path, out: Path, *, split: dict | None = None,
                              modalities=emb.modalities, fusion_weights=emb.fusion_weights,
                              mask=emb.mask)
     config = {k: v for k, v in ckpt.config.items()
-              if k not in ("format_version", "model_version", "embedding_dims", "files")}
+              if k not in ("format_version", "model_version", "embedding_dims", "files",
+                           "decisions")}
     write_checkpoint(out, config=config, weights=ckpt.weights, embeddings=tables,
                      entities=ckpt.entities, split=split or ckpt.split, metrics=ckpt.metrics)
     return out
