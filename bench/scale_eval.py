@@ -28,13 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import EmbeddingTables, EntityTable, load_checkpoint, write_checkpoint
-from model.config import MIMEAConfig
-from training.data import load_kg_pair
-from training.split import split_pairs
-
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "scale.json"
+sys.path.insert(0, str(ROOT))
+
+from bench.scale_results import save_rows  # noqa: E402
+from model.checkpoint import (  # noqa: E402
+    EmbeddingTables,
+    EntityTable,
+    load_checkpoint,
+    write_checkpoint,
+)
+from model.config import MIMEAConfig  # noqa: E402
+from training.data import load_kg_pair  # noqa: E402
+from training.split import split_pairs  # noqa: E402
 
 
 def planted_checkpoint(data_dir: Path, out: Path, *, dim: int, noise: float,
@@ -108,15 +114,6 @@ def timed(command: list[str]) -> tuple[float, float, str]:
     return wall, peak / 1024, done.stdout
 
 
-def record(rows: list[dict[str, Any]]) -> None:
-    """Merge ``rows`` into scale.json, replacing rows of the same task, dataset and size."""
-    existing = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
-    keys = {(r["task"], r["dataset"], r["entities_per_kg"]) for r in rows}
-    kept = [r for r in existing
-            if (r.get("task"), r.get("dataset"), r.get("entities_per_kg")) not in keys]
-    RESULTS.write_text(json.dumps({"rows": kept + rows}, indent=2) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a mimea demo-data folder")
@@ -146,7 +143,7 @@ def main() -> None:
                  "csls_hits1": report["rankings"]["csls"]["kg1_to_kg2"]["hits1"],
                  "all_targets_hits1": served["hits1"], "all_targets_mrr": served["mrr"],
                  "seconds": report["seconds"]})
-    record(rows)
+    save_rows(rows)
     print(json.dumps(rows, indent=2))
 
 

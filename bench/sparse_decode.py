@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scale_results import save_rows  # noqa: E402
 from model.similarity import (  # noqa: E402
     candidate_edges,
     csls_means,
@@ -39,7 +40,6 @@ from model.similarity import (  # noqa: E402
     topk_candidates,
 )
 
-RESULTS = ROOT / "bench" / "results" / "scale.json"
 GENERATE_BLOCK = 65_536
 
 
@@ -159,20 +159,6 @@ def decode(args: argparse.Namespace) -> dict[str, Any]:
             "phases_s": phases}
 
 
-def save_row(row: dict[str, Any]) -> None:
-    """Merge ``row`` into the results file, replacing the row of the same task, dataset and
-    size."""
-    def key(r: dict[str, Any]) -> tuple[str, str, int]:
-        return r["task"], r["dataset"], r["entities_per_kg"]
-
-    results = (json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file()
-               else {"rows": []})
-    results["rows"] = [r for r in results["rows"] if key(r) != key(row)] + [row]
-    results["rows"].sort(key=key)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entities", type=int, default=100_000, help="rows per KG")
@@ -193,7 +179,7 @@ def main() -> int:
     row = decode(args)
     print(json.dumps(row), flush=True)
     if not args.no_save:
-        save_row(row)
+        save_rows([row])
     return 0
 
 
