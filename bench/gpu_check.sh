@@ -15,13 +15,13 @@ OUT=${1:-bench/results/gpu_check.json}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-.venv/bin/python}
-MIMEA=${MIMEA:-.venv/bin/mimea}
+mimea() { "$PY" -m mimea_cli "$@"; }
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   GPU=1
   DEVICE=cuda
   # The GPU build of faiss replaces the CPU one; torch stays as installed.
-  .venv/bin/pip install --quiet -e '.[gpu]' || echo "gpu_check: the gpu extra did not install"
+  "$PY" -m pip install --quiet -e '.[gpu]' || echo "gpu_check: the gpu extra did not install"
 else
   GPU=0
   DEVICE=cpu
@@ -33,10 +33,10 @@ step_start=$(date +%s.%N)
 elapsed() { python3 -c "import sys; print(round($(date +%s.%N) - $step_start, 2))"; }
 
 log "demo data"
-"$MIMEA" demo-data --out "$WORK/data" --entities 2000 >/dev/null
+mimea demo-data --out "$WORK/data" --entities 2000 >/dev/null
 step_start=$(date +%s.%N)
 log "training on $DEVICE"
-"$MIMEA" train --data "$WORK/data" --out "$WORK/checkpoint" --config configs/demo.toml \
+mimea train --data "$WORK/data" --out "$WORK/checkpoint" --config configs/demo.toml \
   --device "$DEVICE" --quiet > "$WORK/train.txt"
 TRAIN_S=$(elapsed)
 
