@@ -23,11 +23,12 @@ def rescored_agreement(exact: Any, rescored: Any, queries: Any, column: int | No
                        k: int = 50, tolerance: float = 1e-5) -> dict[str, Any]:
     """How often a compressed scan with float32 rescoring answers as the float32 scan does,
     over every query, for the ranking of bias ``column``: the same top-``k`` ids in the same
-    order, and the same cosines (within ``tolerance``; ids may then differ only among entities
-    whose vectors tie)."""
-    exact_scores, exact_ids = exact.search(queries, k, column)
-    scores, ids = rescored.search(queries, k, column)
-    difference = (exact_scores - scores).abs()
+    order, and the same scores the ranking orders by (within ``tolerance``; ids may then differ
+    only among entities whose scores tie)."""
+    exact_cosine, exact_ids = exact.search(queries, k, column)
+    cosine, ids = rescored.search(queries, k, column)
+    difference = (exact.keyed(exact_cosine, column, exact_ids)
+                  - exact.keyed(cosine, column, ids)).abs()
     return {"queries": len(queries), "k": k,
             "same_ids": round(float((exact_ids == ids).all(dim=1).float().mean()), 5),
             "same_scores": round(float((difference <= tolerance).all(dim=1).float().mean()), 5),

@@ -17,6 +17,12 @@
 4. Scaling: synthetic clustered embeddings at 40k / 200k / 1M, flat vs IVF (and HNSW where it
    builds in reasonable time), built with ``service.index.build_index`` (``bench/scaling.py``).
 
+With ``--baseline DIR`` (another checkout, e.g. ``git archive COMMIT | tar -x -C DIR``) the bench
+only compares, and records ``before_after`` in ``--out``: uncached ``/candidates`` at
+concurrency 32 against the baseline's server and this checkout's in turn, ``--rounds`` times (on
+a shared machine only alternation makes two versions comparable), with each server's RSS once
+loaded and its CPU time per request. A full run keeps that record.
+
 The checkpoint is ``--checkpoint``, else the trained zh_en one, else a synthetic one of its size
 (``bench/checkpoints.py``). Results go to ``--out`` (JSON) and a markdown table to stdout.
 ``drive`` is the internal sub-command that runs the load generator.
@@ -34,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/serve.py`` from anywhere
@@ -62,6 +70,39 @@ def metric_row(server: Server, uris: list[str], metric: str, count: int, max_sec
     print(f"  candidates metric={metric} c=32 {row['requests']:>6} req {row['rps']:>8.1f} "
           f"req/s  p99 {row['p99_ms']:.2f} ms  errors {row['errors']}", flush=True)
     return row
+
+
+def compare(args: argparse.Namespace, checkpoint: Path, uris: list[str], env: dict[str, str],
+            tmp: Path, rng: random.Random) -> dict[str, Any]:
+    """Uncached ``/candidates`` at c=32, the baseline's server (its default ranking) and this
+    checkout's (its default and each of ``--metrics``) in turn; medians per server."""
+    sides = [("before", args.baseline, args.baseline_checkpoint or checkpoint, None)]
+    sides += [("after", ROOT, checkpoint, metric)
+              for metric in [None, *filter(None, args.metrics.split(","))]]
+    runs = []
+    for round_ in range(args.rounds):
+        for side, root, served, metric in sides:
+            server = Server(served, tmp / f"{side}.log", env, root=root)
+            try:
+                idle, cpu = server.rss_mb(), server.cpu_s()
+                requests = [get_request(uris[rng.randrange(len(uris))], metric=metric)
+                            for _ in range(5000)]
+                res = run_load(server.port, requests, 32, 5000, 15.0)
+                runs.append({"side": side, "metric": metric or "default", "round": round_,
+                             "rss_idle_mb": idle, "errors": res["errors"],
+                             **{k: res[k] for k in ("requests", "rps", "p50_ms", "p99_ms")},
+                             "server_cpu_ms_per_request": round(
+                                 1000 * (server.cpu_s() - cpu) / res["requests"], 3)})
+                print(f"  {json.dumps(runs[-1])}", flush=True)
+            finally:
+                server.stop()
+    keys = ("rss_idle_mb", "rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+    medians = {f"{side} ({metric or 'default'})": {
+        k: float(np.median([r[k] for r in runs if (r["side"], r["metric"]) ==
+                            (side, metric or "default")])) for k in keys}
+        for side, _, _, metric in sides}
+    return {"baseline": str(args.baseline), "rounds": args.rounds, "medians": medians,
+            "runs": runs, "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]])}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -106,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default="",
                         help="rankings also measured on uncached /candidates at c=32, "
                              "comma-separated (cosine, csls, sinkhorn)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout: only compare its server with this one's "
+                             "(before_after in --out)")
+    parser.add_argument("--baseline-checkpoint", type=Path, default=None,
+                        help="what the baseline serves (default: --checkpoint)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of --baseline")
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -123,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         print("checkpoint: building/choosing ...", flush=True)
         checkpoint, described = choose_checkpoint(args, tmp)
         print(f"checkpoint: {described}", flush=True)
+        if args.baseline is not None:
+            result = json.loads(args.out.read_text(encoding="utf-8"))
+            lines = (checkpoint / "entities.tsv").read_text(encoding="utf-8").splitlines()
+            env = {"MIMEA_THREADS": str(args.threads), "MIMEA_CACHE_NAMESPACE": NAMESPACE,
+                   "MIMEA_REDIS_URL": "", "MIMEA_CACHE_SIZE": "0"}
+            result["before_after"] = compare(args, checkpoint,
+                                             [line.split("\t")[2] for line in lines[1:]], env,
+                                             tmp, rng)
+            args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            print(json.dumps(result["before_after"]["medians"], indent=2))
+            return 0
 
         print("floor ...", flush=True)
         floor = measure_floor(checkpoint, args.threads, repeats=50 if quick else 300,
@@ -209,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python", "bench/serve.py", *(argv or sys.argv[1:])]),
             "wall_s": round(time.time() - started, 1),
         }
+        if args.out.is_file():  # measured by --baseline runs, kept until the next one
+            previous = json.loads(args.out.read_text(encoding="utf-8"))
+            if "before_after" in previous:
+                result["before_after"] = previous["before_after"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(markdown(result))

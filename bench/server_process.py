@@ -14,20 +14,21 @@ NAMESPACE = "mimea-bench"
 
 
 class Server:
-    """``python -m service.cli serve`` on a free loopback port, configured by environment."""
+    """``python -m service.cli serve`` on a free loopback port, configured by environment, from
+    this checkout or from the one at ``root`` (another version, to compare with)."""
 
     def __init__(self, checkpoint: Path, log: Path, env: dict[str, str], *,
-                 startup_s: float = 300) -> None:
+                 startup_s: float = 300, root: Path = ROOT) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.log = log
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "MIMEA_API_KEY": "",
+        full_env = {**os.environ, "PYTHONPATH": str(root), "MIMEA_API_KEY": "",
                     "MIMEA_LOG_LEVEL": "WARNING", "MIMEA_DEVICE": "cpu", **env}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--checkpoint", str(checkpoint),
-                 "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=out,
+                 "--port", str(self.port)], cwd=root, env=full_env, stdout=out,
                 stderr=subprocess.STDOUT)
         import httpx
 
@@ -49,6 +50,11 @@ class Server:
             if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)
         return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @property
     def url(self) -> str:

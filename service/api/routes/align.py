@@ -5,23 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.deps import ApiKeyDep, ServiceDep
+from service.api.deps import KeyedServiceDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import AlignBatchRequest, AlignBatchResponse, AlignRequest, AlignResponse
 
-router = APIRouter(tags=["align"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["align"], responses=ERROR_RESPONSES)
 
 _JSON = "application/json"
 
 
 @router.post("/align", response_model=AlignResponse,
              summary="Score one (source, target) pair; KGs in either order, not the same KG")
-async def align(service: ServiceDep, body: AlignRequest) -> Response:
+async def align(service: KeyedServiceDep, body: AlignRequest) -> Response:
     return Response(await service.align(body.source, body.target), media_type=_JSON)
 
 
 @router.post("/align:batch", response_model=AlignBatchResponse,
              summary="Score many pairs with one batched computation")
-async def align_batch(service: ServiceDep, body: AlignBatchRequest) -> Response:
+async def align_batch(service: KeyedServiceDep, body: AlignBatchRequest) -> Response:
     pairs = [(p.source, p.target) for p in body.pairs]
     return Response(await service.align_batch(pairs), media_type=_JSON)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
-from service.api.deps import ApiKeyDep, ServiceDep
+from service.api.deps import KeyedServiceDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import (
     CSLS_HELP,
@@ -19,7 +19,7 @@ from service.schemas import (
     Metric,
 )
 
-router = APIRouter(tags=["candidates"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["candidates"], responses=ERROR_RESPONSES)
 
 _JSON = "application/json"
 
@@ -27,7 +27,7 @@ _JSON = "application/json"
 @router.get("/candidates/{entity:path}", response_model=CandidatesResponse,
             summary="Top-k entities of the other KG for one entity")
 async def candidates(
-    service: ServiceDep,
+    service: KeyedServiceDep,
     entity: Annotated[str, Path(description="The entity's URI or mid; slashes allowed.")],
     k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of candidates.")] = 10,
     metric: Annotated[Metric | None, Query(description=METRIC_HELP)] = None,
@@ -39,7 +39,7 @@ async def candidates(
 
 @router.post("/candidates:batch", response_model=CandidatesBatchResponse,
              summary="Candidates for many entities with one index search")
-async def candidates_batch(service: ServiceDep, body: CandidatesBatchRequest) -> Response:
+async def candidates_batch(service: KeyedServiceDep, body: CandidatesBatchRequest) -> Response:
     ranking = service.ranking(body.metric, body.csls)
     return Response(await service.candidates_batch(body.entities, body.k, ranking),
                     media_type=_JSON)

@@ -6,17 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import ApiKeyDep, ServiceDep
+from service.api.deps import KeyedServiceDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import MAX_ID_LENGTH, EntitiesResponse
 
-router = APIRouter(tags=["entities"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["entities"], responses=ERROR_RESPONSES)
 
 
 @router.get("/entities", response_model=EntitiesResponse,
             summary="Entities whose identifier starts with a prefix, sorted")
 async def entities(
-    service: ServiceDep,
+    service: KeyedServiceDep,
     kg: Annotated[int | None, Query(ge=1, le=2, description="Only this KG.")] = None,
     prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,

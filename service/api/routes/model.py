@@ -6,14 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.deps import ApiKeyDep, ServiceDep
+from service.api.deps import KeyedServiceDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import ModelInfo
 
-router = APIRouter(tags=["model"], dependencies=[ApiKeyDep], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["model"], responses=ERROR_RESPONSES)
 
 
 @router.get("/model", response_model=ModelInfo,
             summary="Model version, metrics, modalities and sizes")
-async def model_info(service: ServiceDep) -> dict[str, Any]:
+async def model_info(service: KeyedServiceDep) -> dict[str, Any]:
     return service.aligner.info()
