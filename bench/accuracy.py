@@ -26,6 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from model.config import load_config  # noqa: E402
 from training.pipeline import run_training  # noqa: E402
 
@@ -202,6 +204,7 @@ def main() -> int:
     if args.record:
         return record(args.record, args.only, args.variant)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_flush_denormal(True)  # as `mimea train` does (training/cli.py)
     missing = [d for d in DATASETS if not (DATA / d).is_dir()]
     if missing:
         print(f"skipping the accuracy benchmark: {', '.join(str(DATA / d) for d in missing)} "

@@ -4,11 +4,12 @@ KG pairs of growing size.
 Each pair (``mimea demo-data --entities N --out DIR``) trains for a few epochs in a process of
 its own (so that its peak RSS is its own), or in ``--processes`` of them, data-parallel. The
 epochs between the first (which also builds the model and propagates the seed labels) and the
-last (which also validates) give ``s_per_epoch``. Hits@1 and MRR rank a sample of test pairs,
-KG1→KG2 by cosine, against every unlabelled KG2 entity: a check that training learned, not a
-benchmark of accuracy (a few epochs). Rows go to ``bench/results/scale.json`` (rows of the same
-task, dataset, size and process count replaced); ``bench/results/train_scale.png`` plots
-seconds per epoch against entities per KG.
+last (which also validates) give ``s_per_epoch``; ``steps_rss_mb`` is the peak before that
+validation, ``peak_rss_mb`` the whole run's (summed over processes). Hits@1 and MRR rank a
+sample of test pairs, KG1→KG2 by cosine, against every unlabelled KG2 entity: a check that
+training learned, not a benchmark of accuracy (a few epochs). Rows go to
+``bench/results/scale.json`` (rows of the same task, dataset, size and process count
+replaced); ``bench/results/train_scale.png`` plots seconds per epoch against entities per KG.
 
     python bench/train_scale.py /work/scale/d10k /work/scale/d40k /work/scale/d110k
     python bench/train_scale.py --processes 2 --threads 1 /work/scale/d10k
@@ -83,14 +84,21 @@ def measure(data: Path, config: MIMEAConfig, shard: Shard) -> dict[str, Any]:
     prepare_s, prepare_rss = time.perf_counter() - start, peak_rss_mb()
     unlabelled = unlabelled_rows(prepared.data, prepared.split)
     marks: list[float] = []
+    steps_rss: list[float] = []  # peak after each epoch; the last one's includes validation
+
+    def on_epoch(_: dict[str, float]) -> None:
+        marks.append(time.perf_counter())
+        steps_rss.append(peak_rss_mb())
+
     train_start = time.perf_counter()
     result = train_model(config, prepared.inputs, torch.as_tensor(prepared.split.train),
                          torch.as_tensor(prepared.split.valid), device=torch.device("cpu"),
-                         candidate_rows=unlabelled, progress=False,
-                         on_epoch=lambda _: marks.append(time.perf_counter()), shard=shard)
+                         candidate_rows=unlabelled, progress=False, on_epoch=on_epoch,
+                         shard=shard)
     figures = {"train_s": time.perf_counter() - train_start,
                **epoch_times(train_start, marks), "prepare_s": prepare_s,
-               "prepare_rss_mb": prepare_rss, "train_pairs": len(prepared.split.train),
+               "prepare_rss_mb": prepare_rss, "steps_rss_mb": steps_rss[-2],
+               "train_pairs": len(prepared.split.train),
                "entities_per_kg": prepared.data.num_kg1}
     if shard.rank == 0:
         figures.update(_accuracy(result, prepared.inputs, prepared.split.test, unlabelled[1]))
@@ -141,6 +149,7 @@ def _row(args: argparse.Namespace, config: MIMEAConfig, figures: dict[str, Any],
             "validation_s": round(figures["validation_s"], 1),
             "prepare_s": round(figures["prepare_s"], 1),
             "prepare_rss_mb": round(figures["prepare_rss_mb"]),
+            "steps_rss_mb": round(figures["steps_rss_mb"]),
             "data": str(args.worker)}
 
 
@@ -186,14 +195,14 @@ def plot() -> None:
     rows = [r for r in json.loads(RESULTS.read_text(encoding="utf-8"))["rows"]
             if r["task"] == "train" and r["dataset"] == "synthetic"]
     figure, axes = plt.subplots(figsize=(6, 4))
-    for processes in sorted({r["processes"] for r in rows}):
+    for kind in sorted({(r["processes"], r["threads"]) for r in rows}):
         line = sorted((r["entities_per_kg"], r["s_per_epoch"]) for r in rows
-                      if r["processes"] == processes)
+                      if (r["processes"], r["threads"]) == kind)
         axes.plot(*zip(*line, strict=True), marker="o",
-                  label=f"{processes} process{'es' if processes > 1 else ''}")
+                  label=f"{kind[0]} process(es) × {kind[1]} thread(s)")
     axes.set_xlabel("entities per KG")
     axes.set_ylabel("seconds per epoch")
-    axes.set_title("MIMEA training epoch on CPU (2 cores)")
+    axes.set_title("MIMEA training on CPU: one epoch")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -18,13 +18,15 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class BatchRows:
-    """Where one batch's entities sit among the rows of a forward pass: its pairs' two sides,
-    and the negatives of its joint and of its modality terms."""
+    """One batch's entities: ``positions``, where they sit among the rows of the step's
+    forward pass, and, as indices into ``positions``, its pairs' two sides and the negatives of
+    its joint and of its modality terms."""
 
     left: torch.Tensor
     right: torch.Tensor
     joint_negatives: torch.Tensor
     modal_negatives: torch.Tensor
+    positions: torch.Tensor
 
 
 def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
@@ -53,14 +55,16 @@ def plan_rows(loss: LossConfig, num_entities: int,
     Every batch draws its own negatives, as it would alone, so a loss over several batches
     that share one pass over the graph is the sum of their losses.
     """
-    wanted: list[torch.Tensor] = []
+    own: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
     for left, right in batches:
         batch = torch.cat([left, right])
-        wanted += [left, right, _sample_negatives(loss.negatives, num_entities, batch),
-                   _sample_negatives(loss.modal_negatives, num_entities, batch)]
-    rows, local = torch.unique(torch.cat(wanted), return_inverse=True)
-    parts = local.split([len(part) for part in wanted])
-    return rows, [BatchRows(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
+        parts = [left, right, _sample_negatives(loss.negatives, num_entities, batch),
+                 _sample_negatives(loss.modal_negatives, num_entities, batch)]
+        entities, local = torch.unique(torch.cat(parts), return_inverse=True)
+        own.append((entities, local.split([len(part) for part in parts])))
+    rows = own[0][0] if len(own) == 1 else torch.unique(torch.cat([e for e, _ in own]))
+    return rows, [BatchRows(*parts, positions=torch.searchsorted(rows, entities))
+                  for entities, parts in own]
 
 
 def batch_terms(model: MIMEA, output: MIMEAOutput, rows: BatchRows,
@@ -97,9 +101,10 @@ class StepObjective(nn.Module):
 
     One batch: its weighted total, with the autograd graph as it is. Several batches: their
     per-pair losses would hold several ``[B, C]`` similarity matrices at once, so each batch's
-    gradient is taken on its own, against detached copies of the network's output, and the
-    result is a stand-in whose gradient is exactly their sum (see :func:`_stand_in`). Being a
-    module, it lets ``DistributedDataParallel`` see every parameter the step uses.
+    gradient is taken on its own, against detached copies of its rows of the network's output,
+    and added up; the result is a stand-in whose gradient is exactly that sum (see
+    :func:`_stand_in`). Being a module, it lets ``DistributedDataParallel`` see every
+    parameter the step uses.
     """
 
     def __init__(self, model: MIMEA, inputs: GraphInputs, loss: LossConfig) -> None:
@@ -120,52 +125,68 @@ class StepObjective(nn.Module):
     def _accumulate(self, output: MIMEAOutput, plans: Sequence[BatchRows],
                     weights: Sequence[float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Each batch's gradient in turn, so that only one batch's loss graph is alive."""
-        cut, leaves = _detached(output)
+        shared = _differentiable(output)
         params = [p for p in self.parameters() if p.requires_grad]
-        targets = [leaf for _, leaf in leaves] + params
-        grads: list[torch.Tensor | None] = [None] * len(targets)
+        grads: list[torch.Tensor | None] = [None] * (len(shared) + len(params))
         sums: dict[str, torch.Tensor] = {}
         for plan, weight in zip(plans, weights, strict=True):
+            cut, leaves = _batch_rows(output, plan.positions)
             terms = batch_terms(self.model, cut, plan, self.loss)
-            found = torch.autograd.grad(weight * terms["total"], targets, allow_unused=True)
-            grads = [_add(a, b) for a, b in zip(grads, found, strict=True)]
+            found = torch.autograd.grad(weight * terms["total"], [*leaves, *params],
+                                        allow_unused=True)
+            rows = [plan.positions if tensor.dim() else None for tensor in shared]
+            grads = [_add(total, grad, like, where) for total, grad, like, where in zip(
+                grads, found, [*shared, *params], rows + [None] * len(params), strict=True)]
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + weight * value.detach()
-        return _stand_in([original for original, _ in leaves] + params, grads), sums
+        return _stand_in([*shared, *params], grads), sums
 
 
-def _detached(output: MIMEAOutput) -> tuple[MIMEAOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """A copy of ``output`` whose differentiable tensors are new leaves, and each
-    ``(original, leaf)`` pair: batch losses back-propagate to the leaves and stop there."""
-    leaves: list[tuple[torch.Tensor, torch.Tensor]] = []
+def _differentiable(output: MIMEAOutput) -> list[torch.Tensor]:
+    """The tensors of ``output`` that carry a gradient, in a fixed order."""
+    fusion = [getattr(output.fusion, f.name) for f in fields(output.fusion)]
+    return [tensor for tensor in (*output.modal, *fusion) if tensor.requires_grad]
 
-    def leaf(tensor: torch.Tensor) -> torch.Tensor:
+
+def _batch_rows(output: MIMEAOutput, positions: torch.Tensor) -> tuple[MIMEAOutput,
+                                                                      list[torch.Tensor]]:
+    """One batch's rows (``positions``) of ``output``, its differentiable tensors new leaves
+    (a scalar, the fusion's KL, whole), and those leaves in :func:`_differentiable`'s order:
+    the batch's loss back-propagates to them and stops there."""
+    leaves: list[torch.Tensor] = []
+
+    def cut(tensor: torch.Tensor) -> torch.Tensor:
+        part = tensor[positions] if tensor.dim() else tensor
         if not tensor.requires_grad:
-            return tensor
-        copy = tensor.detach().requires_grad_()
-        leaves.append((tensor, copy))
-        return copy
+            return part
+        leaves.append(part.detach().requires_grad_())
+        return leaves[-1]
 
     fusion = output.fusion
-    cut = MIMEAOutput(
-        modal=[leaf(h) for h in output.modal], mask=output.mask,
-        fusion=replace(fusion, **{f.name: leaf(getattr(fusion, f.name)) for f in fields(fusion)}))
-    return cut, leaves
+    rows = MIMEAOutput(
+        modal=[cut(h) for h in output.modal], mask=output.mask[positions],
+        fusion=replace(fusion, **{f.name: cut(getattr(fusion, f.name)) for f in fields(fusion)}))
+    return rows, leaves
 
 
-def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor | None:
+def _add(total: torch.Tensor | None, grad: torch.Tensor | None, like: torch.Tensor,
+         rows: torch.Tensor | None) -> torch.Tensor | None:
+    """``total``, the gradient of ``like`` so far, plus one batch's ``grad``: that of the
+    batch's ``rows`` of ``like``, or (``rows`` None) of the whole of it."""
     if grad is None:
         return total
-    return grad if total is None else total + grad
+    if total is None:
+        total = torch.zeros_like(like)
+    return total.add_(grad) if rows is None else total.index_add_(0, rows, grad)
 
 
 def _stand_in(tensors: Sequence[torch.Tensor],
               grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """A scalar whose gradient with respect to each of ``tensors`` is its entry of ``grads``:
-    ``sum(t * g)``, so one backward call carries the accumulated gradient through the shared
+    ``sum(t · g)``, so one backward call carries the accumulated gradient through the shared
     pass and into the parameters."""
-    parts = [(tensor * grad).sum() for tensor, grad in zip(tensors, grads, strict=True)
-             if grad is not None]
+    parts = [torch.dot(tensor.reshape(-1), grad.reshape(-1))
+             for tensor, grad in zip(tensors, grads, strict=True) if grad is not None]
     return torch.stack(parts).sum()
 
 
