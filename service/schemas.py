@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.ranking import Ranking
+from service.errors import ErrorBody
 
 MAX_K = 1000
 MAX_BATCH = 1024
@@ -64,8 +65,16 @@ class CandidatesBatchRequest(_Request):
     csls: bool | None = Field(None, description=CSLS_HELP, json_schema_extra={"deprecated": True})
 
 
+class BatchItemError(BaseModel):
+    """One item of a batch that could not be answered (the other items are answered)."""
+
+    error: ErrorBody
+
+
 class CandidatesBatchResponse(BaseModel):
-    results: list[CandidatesResponse]
+    results: list[CandidatesResponse | BatchItemError] = Field(
+        description="One per entity, in order: its candidates, or the error the single route "
+                    "would have answered (e.g. entity_not_found).")
 
 
 class AlignRequest(_Request):
@@ -114,7 +123,9 @@ class AlignResponse(BaseModel):
 
 
 class AlignBatchResponse(BaseModel):
-    results: list[AlignResponse]
+    results: list[AlignResponse | BatchItemError] = Field(
+        description="One per pair, in order: its scores, or the error the single route would "
+                    "have answered (entity_not_found, same_kg).")
 
 
 class EntityItem(BaseModel):
