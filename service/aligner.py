@@ -9,9 +9,11 @@ Three parts, each with one job: ``service.directory`` (which row an identifier n
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,12 @@ import numpy as np
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.device import resolve_device
 from model.ranking import Ranking
+from service.alignment import PairEvidence, ServedAlignment, propagated_cosine
 from service.directory import KGS, EntityDirectory
 from service.errors import StartupError
 from service.index import set_threads
-from service.responses import align_answers, candidates_answers
-from service.scoring import Scorer
+from service.responses import align_answers, alignment_answers, candidates_answers
+from service.scoring import ScoredPairs, Scorer
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class Aligner:
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
         self.model_version = checkpoint.model_version
+        # The version directory read: the checkpoint's path may be switched to a newer one.
+        self.checkpoint_dir: Path = checkpoint.path.resolve()
         self.modalities = checkpoint.modalities
         self.metrics = checkpoint.metrics
         emb = checkpoint.embeddings
@@ -51,6 +56,7 @@ class Aligner:
         self.directory = EntityDirectory(checkpoint.entities)
         self.scorer = Scorer(checkpoint, self.directory, settings, self.device)
         self.rankings = self.scorer.rankings
+        self.alignment = ServedAlignment.of(checkpoint)
 
     @classmethod
     def load(cls, settings: Settings) -> Aligner:
@@ -105,18 +111,54 @@ class Aligner:
                 sources = np.array([pairs[i][0] for i in chunk], dtype=np.int64)
                 targets = np.array([pairs[i][1] for i in chunk], dtype=np.int64)
                 cosine, target_rank, source_rank = self.scorer.ranks(kg, sources, targets)
+                scored = self.scorer.score_pairs(sources, targets, cosine)
                 built = align_answers(self.directory, self.modalities, self.scorer.mask,
-                                      self.scorer.weights, self.rankings.default,
-                                      self.scorer.score_pairs(sources, targets, cosine),
-                                      target_rank, source_rank)
+                                      self.scorer.weights, self.rankings.default, scored,
+                                      target_rank, source_rank, self._match_probability(scored))
                 for i, answer in zip(chunk, built, strict=True):
                     answers[i] = answer
         return answers
+
+    def _match_probability(self, pairs: ScoredPairs) -> np.ndarray | None:
+        """The calibrated match probability of scored pairs (``service.alignment``); None
+        without stored decisions or a plan."""
+        if self.alignment is None:
+            return None
+        shares = self.rankings.plan_shares(pairs.source, pairs.target, pairs.cosine)
+        if shares is None:
+            return None
+        first = self.directory.kgs[pairs.source] == 1
+        agreement = {m: np.where(pairs.present[:, i], pairs.modality[:, i], np.nan)
+                     for i, m in enumerate(self.modalities)}
+        agreement.update(propagated_cosine(self.scorer.joint_rows(pairs.source),
+                                           self.scorer.joint_rows(pairs.target),
+                                           self.alignment.propagated_width))
+        evidence = PairEvidence(kg1_share=np.where(first, shares[0], shares[1]),
+                                kg2_share=np.where(first, shares[1], shares[0]),
+                                agreement=agreement)
+        return self.alignment.pair_probability(pairs.source, pairs.target, evidence)
+
+    def alignment_batch(self, queries: Sequence[tuple[int, float | None]]
+                        ) -> list[dict[str, Any]]:
+        """Each (row, threshold)'s decision, with its per-modality agreement with the entity
+        it was compared with (its counterpart, else its best candidate)."""
+        assert self.alignment is not None
+        rows = [self.alignment.decision(row, threshold) for row, threshold in queries]
+        compared = np.array([r.counterpart if r.counterpart is not None else
+                             -1 if r.runner_up is None else r.runner_up for r in rows],
+                            dtype=np.int64)
+        has = compared >= 0
+        sources = np.array([row for row, _ in queries], dtype=np.int64)
+        modality, present = self.scorer.modality_cosines(sources[has], compared[has])
+        thresholds = [self.alignment.threshold if t is None else t for _, t in queries]
+        return alignment_answers(self.directory, self.modalities, rows, thresholds, compared,
+                                 modality, present)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /model`` reports."""
         indexes = self.scorer.indexes
         plan = self.rankings.plan
+        alignment = self.alignment
         return {"model_version": self.model_version, "modalities": self.modalities,
                 "embedding_dims": self.embedding_dims,
                 "entities": {"kg1": self.directory.sizes[1], "kg2": self.directory.sizes[2]},
@@ -126,4 +168,8 @@ class Aligner:
                 "search_precision": indexes[1].precision,
                 "default_metric": self.rankings.default,
                 "available_metrics": list(self.rankings.available),
-                "sinkhorn_reg": plan.reg if plan is not None else None}
+                "sinkhorn_reg": plan.reg if plan is not None else None,
+                "decision_threshold": alignment.threshold if alignment else None,
+                "decision_precision": (alignment.decisions.target_precision
+                                       if alignment and math.isfinite(
+                                           alignment.decisions.target_precision) else None)}

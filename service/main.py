@@ -18,7 +18,7 @@ import anyio
 from fastapi import FastAPI
 
 from service.aligner import Aligner
-from service.api.routes import align, candidates, entities, health, model
+from service.api.routes import align, alignment, candidates, entities, health, model
 from service.cache import build_cache
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
@@ -76,8 +76,8 @@ def create_app(settings: Settings | None = None, *, aligner: Aligner | None = No
     app.state.metrics = Metrics()
     app.state.service = None
     install_error_handlers(app)
-    for router in (candidates.router, align.router, entities.router, model.router,
-                   health.router):
+    for router in (candidates.router, align.router, alignment.router, entities.router,
+                   model.router, health.router):
         app.include_router(router)
     # Inside the metrics middleware (added after it), so its 413s are counted too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -139,10 +139,23 @@ class Rankings:
         csls = 2 * cos - self._r[source] - self._r[target]
         if self._plan is None:
             return csls, None, None
-        reg, r, potential = self._plan
-        share = (self._log_n[source] + potential[source] + potential[target]
-                 + (2 * cos - r[source] - r[target]) / reg)
+        share = self._log_n[source] + self._log_plan(source, target, cos)
         return csls, share, np.exp(np.minimum(share, 0.0))
+
+    def plan_shares(self, source: np.ndarray, target: np.ndarray, cosine: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The log of each pair's share of its source's and of its target's plan mass (None
+        without a plan)."""
+        if self._plan is None:
+            return None
+        log_plan = self._log_plan(source, target, cosine.astype(np.float64))
+        return self._log_n[source] + log_plan, self._log_n[target] + log_plan
+
+    def _log_plan(self, source: np.ndarray, target: np.ndarray, cos: np.ndarray) -> np.ndarray:
+        """``log P_st`` of the plan, up to the constant that the shares add back."""
+        assert self._plan is not None
+        reg, r, potential = self._plan
+        return potential[source] + potential[target] + (2 * cos - r[source] - r[target]) / reg
 
 
 def stored_csls_r(config: dict[str, Any], embeddings: EmbeddingTables,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from model.decisions import AlignmentRow
 from model.ranking import RANKINGS, Ranking
 from service.directory import EntityDirectory
 from service.scoring import ScoredPairs
@@ -62,10 +63,13 @@ def _ranks(ranks: dict[Ranking, np.ndarray], n: int) -> list[dict[str, int | Non
 def align_answers(directory: EntityDirectory, modalities: list[str], mask: np.ndarray,
                   weights: np.ndarray, default: Ranking, pairs: ScoredPairs,
                   target_rank: dict[Ranking, np.ndarray],
-                  source_rank: dict[Ranking, np.ndarray]) -> list[dict[str, Any]]:
-    """One answer per (source, target) pair, with both directions' ranks."""
+                  source_rank: dict[Ranking, np.ndarray],
+                  match_probability: np.ndarray | None) -> list[dict[str, Any]]:
+    """One answer per (source, target) pair, with both directions' ranks and, where the
+    checkpoint stores decisions, the pair's calibrated match probability."""
     n = len(pairs.source)
     col = _columns(pairs, modalities)
+    matching = _listed(match_probability, n)
     to_target, to_source = _ranks(target_rank, n), _ranks(source_rank, n)
     answers = []
     for i, (source, target) in enumerate(zip(pairs.source.tolist(), col["target"],
@@ -75,7 +79,7 @@ def align_answers(directory: EntityDirectory, modalities: list[str], mask: np.nd
             "source": {"entity": directory.uris[source], "kg": int(directory.kgs[source])},
             "target": {"entity": directory.uris[target], "kg": int(directory.kgs[target])},
             "cosine": col["cosine"][i], "csls": col["csls"][i], "sinkhorn": col["sinkhorn"][i],
-            "probability": col["probability"][i],
+            "probability": col["probability"][i], "match_probability": matching[i],
             "target_rank": to_target[i], "source_rank": to_source[i],
             "mutual_nearest": to_target[i][default] == 1 and to_source[i][default] == 1,
             "modalities": {
@@ -88,4 +92,28 @@ def align_answers(directory: EntityDirectory, modalities: list[str], mask: np.nd
                                    if not has],
             },
         })
+    return answers
+
+
+def alignment_answers(directory: EntityDirectory, modalities: list[str],
+                      rows: Sequence[AlignmentRow], thresholds: Sequence[float],
+                      compared: np.ndarray, modality: np.ndarray,
+                      present: np.ndarray) -> list[dict[str, Any]]:
+    """One answer per decided entity; ``modality``/``present`` hold a row for each entity
+    that was compared with another (``compared >= 0``), in order."""
+    uris = directory.uris
+    similarity = iter(zip(modality.tolist(), present.tolist(), strict=True))
+    answers = []
+    for row, threshold, other in zip(rows, thresholds, compared.tolist(), strict=True):
+        values, flags = (next(similarity) if other >= 0
+                         else ([0.0] * len(modalities), [False] * len(modalities)))
+        answers.append({
+            "entity": uris[row.row], "kg": int(directory.kgs[row.row]),
+            "decision": row.decision,
+            "counterpart": None if row.counterpart is None else uris[row.counterpart],
+            "probability": row.probability, "threshold": threshold,
+            "runner_up": None if row.runner_up is None else uris[row.runner_up],
+            "compared_with": uris[other] if other >= 0 else None,
+            "modality_similarity": {m: value if has else None for m, value, has
+                                    in zip(modalities, values, flags, strict=True)}})
     return answers

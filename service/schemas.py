@@ -115,6 +115,11 @@ class AlignResponse(BaseModel):
     csls: float
     sinkhorn: float | None = Field(description=SINKHORN_HELP)
     probability: float | None = Field(ge=0.0, le=1.0, description=PROBABILITY_HELP)
+    match_probability: float | None = Field(
+        ge=0.0, le=1.0, description="Calibrated probability that the two are the same entity "
+        "(GET /alignment/{entity} for the decoder's pairings; any other pair scored by the same "
+        "calibration, at most what the two entities' own pairings leave); null when the "
+        "checkpoint stores no decisions.")
     target_rank: Ranks = Field(description="Rank of the target among the source's candidates.")
     source_rank: Ranks = Field(description="Rank of the source among the target's candidates.")
     mutual_nearest: bool = Field(description="Each is the other's top-1 by the model's default "
@@ -126,6 +131,40 @@ class AlignBatchResponse(BaseModel):
     results: list[AlignResponse | BatchItemError] = Field(
         description="One per pair, in order: its scores, or the error the single route would "
                     "have answered (entity_not_found, same_kg).")
+
+
+Decision = Literal["match", "seed", "no_match"]
+THRESHOLD_HELP = ("Probability a decoded pairing needs to be a match. Default: the checkpoint's "
+                  "threshold (GET /model decision_threshold).")
+
+
+class AlignmentDecision(BaseModel):
+    entity: str
+    kg: KG
+    decision: Decision = Field(description="match: decided at this threshold; seed: a "
+                                           "labelled pair; no_match: no counterpart.")
+    counterpart: str | None = Field(description="The entity of the other KG it is; null for "
+                                                "no_match.")
+    probability: float | None = Field(
+        ge=0.0, le=1.0, description="Calibrated probability of the decoder's pairing (1 for "
+        "a seed); for no_match, that of the pairing the threshold rejected, null when the "
+        "decoder paired it with nothing.")
+    threshold: float = Field(ge=0.0, le=1.0, description="The threshold applied.")
+    runner_up: str | None = Field(description="Best candidate other than the counterpart (for "
+                                              "no_match: the best candidate); null for seeds.")
+    compared_with: str | None = Field(description="The entity modality_similarity compares "
+                                                  "with: the counterpart, else the runner-up.")
+    modality_similarity: dict[str, float | None] = Field(
+        description="Cosine per modality with compared_with; null where either lacks it.")
+
+
+class AlignmentBatchRequest(_Request):
+    entities: list[EntityId] = Field(min_length=1, max_length=MAX_BATCH)
+    min_probability: float | None = Field(None, ge=0.0, le=1.0, description=THRESHOLD_HELP)
+
+
+class AlignmentBatchResponse(BaseModel):
+    results: list[AlignmentDecision | BatchItemError]
 
 
 class EntityItem(BaseModel):
@@ -156,6 +195,11 @@ class ModelInfo(BaseModel):
                                                "checkpoint's headline ranking when served.")
     available_metrics: list[Metric]
     sinkhorn_reg: float | None = Field(description="Entropy of the plan; null without one.")
+    decision_threshold: float | None = Field(
+        description="Default probability a pairing needs to be a match (chosen on validation "
+                    "pairs for the stated precision); null when no decisions are stored.")
+    decision_precision: float | None = Field(
+        description="The precision the default threshold was chosen for.")
 
 
 class HealthResponse(BaseModel):

@@ -130,11 +130,28 @@ class Scorer:
                     cosine: np.ndarray) -> ScoredPairs:
         """Every reported score of (source, target) row pairs whose cosines are known."""
         csls, sinkhorn, probability = self.rankings.pair_scores(sources, targets, cosine)
-        modality = np.stack([self._row_cosines(m, sources, targets) for m in self.modalities],
-                            axis=1)
+        modality, present = self.modality_cosines(sources, targets)
         return ScoredPairs(source=sources, target=targets, cosine=cosine, csls=csls,
                            sinkhorn=sinkhorn, probability=probability, modality=modality,
-                           present=self.mask[sources] & self.mask[targets])
+                           present=present)
+
+    def modality_cosines(self, sources: np.ndarray,
+                         targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``([P, M] cosine per modality, [P, M] whether both entities have it)`` of row
+        pairs."""
+        modality = np.stack([self._row_cosines(m, sources, targets) for m in self.modalities],
+                            axis=1)
+        return modality, self.mask[sources] & self.mask[targets]
+
+    def joint_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """The L2-normalised joint vectors of entity ``rows`` (either KG), on the CPU."""
+        out = torch.empty(len(rows), self.indexes[1].vectors.shape[1])
+        for kg in KGS:
+            picked = np.flatnonzero(self.directory.kgs[rows] == kg)
+            if len(picked):
+                out[torch.from_numpy(picked)] = self.indexes[kg].rows(
+                    self.directory.local[rows[picked]]).float().cpu()
+        return out
 
     def _row_cosines(self, modality: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Cosine of ``modality`` between rows ``left[i]`` and ``right[i]``, for every i.

@@ -2,7 +2,9 @@
 
 Answers are produced as JSON bytes once (in the worker thread), stored in the cache as such and
 returned as such, so a cache hit costs one lookup and no serialisation. Batch answers are the
-single answers joined, so a batch route returns exactly what the single route would.
+single answers joined, so a batch route returns exactly what the single route would; an item the
+single route would refuse (unknown entity, pair within one KG) is answered by its error envelope
+in its place, and the other items as usual.
 
 Every request is bounded: a candidates request asks for at most ``max_request_candidates``
 (entities x k), and a batch is computed in chunks of at most ``chunk_candidates`` candidates
@@ -13,12 +15,13 @@ search worker with the requests that arrive meanwhile instead of holding it for 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from model.ranking import Ranking
 from service.aligner import Aligner
+from service.alignment import ServedAlignment
 from service.batcher import MicroBatcher
 from service.cache import ResponseCache
 from service.errors import EntityNotFound, ServiceError
@@ -26,9 +29,39 @@ from service.index import set_threads
 from service.metrics import Metrics
 from service.settings import Settings
 
+T = TypeVar("T")
+V = TypeVar("V")
+
 
 def _dumps(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _item_error(error: ServiceError) -> bytes:
+    """A batch item's error, the envelope the single route would have answered."""
+    return _dumps({"error": {"code": error.code, "message": error.message,
+                             "details": error.details}})
+
+
+def _resolve_each(values: Sequence[V], resolve: Callable[[int, V], T]
+                  ) -> tuple[list[bytes | None], list[int], list[T]]:
+    """Resolve a batch item by item: the answers so far (the errors, in place), and the
+    positions and resolved items still to answer."""
+    answers: list[bytes | None] = [None] * len(values)
+    positions: list[int] = []
+    items: list[T] = []
+    for i, value in enumerate(values):
+        try:
+            items.append(resolve(i, value))
+        except ServiceError as error:
+            answers[i] = _item_error(error)
+        else:
+            positions.append(i)
+    return answers, positions, items
+
+
+def _results(answers: Sequence[bytes | None]) -> bytes:
+    return b'{"results":[' + b",".join(answers) + b"]}"  # type: ignore[arg-type]
 
 
 class AlignmentService:
@@ -55,9 +88,12 @@ class AlignmentService:
         self._align = MicroBatcher(
             self._align_bytes, self._executor, max_batch=settings.max_batch_size,
             window_s=window, on_batch=lambda n, s: metrics.observe_batch("align", n, s))
-        self._hits = {kind: metrics.cache_hits.labels(kind) for kind in ("candidates", "align")}
-        self._misses = {kind: metrics.cache_misses.labels(kind)
-                        for kind in ("candidates", "align")}
+        self._alignment = MicroBatcher(
+            self._alignment_bytes, self._executor, max_batch=settings.max_batch_size,
+            window_s=window, on_batch=lambda n, s: metrics.observe_batch("alignment", n, s))
+        kinds = ("candidates", "align", "alignment")
+        self._hits = {kind: metrics.cache_hits.labels(kind) for kind in kinds}
+        self._misses = {kind: metrics.cache_misses.labels(kind) for kind in kinds}
 
     # ---------------------------------------------------------------------- resolution
 
@@ -112,6 +148,9 @@ class AlignmentService:
     def _align_bytes(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
         return [_dumps(r) for r in self.aligner.align_batch(pairs)]
 
+    def _alignment_bytes(self, queries: Sequence[tuple[int, float | None]]) -> list[bytes]:
+        return [_dumps(r) for r in self.aligner.alignment_batch(queries)]
+
     async def _cached(self, kind: str, keys: list[str], items: list[Any],
                       batcher: MicroBatcher[Any, bytes], chunk: int) -> list[bytes]:
         """Cached answers for ``keys``; the misses are computed ``chunk`` at a time, each
@@ -148,12 +187,17 @@ class AlignmentService:
 
     async def candidates_batch(self, entities: Sequence[str], k: int,
                                ranking: Ranking) -> bytes:
+        """Every entity's answer in order; an unknown one is its error envelope. The cost
+        limit counts every entity sent: it is checked before any work."""
         self.check_cost(len(entities), k)
-        items = [(self.resolve(e), k, ranking) for e in entities]
+        answers, positions, items = _resolve_each(
+            entities, lambda _, entity: (self.resolve(entity), k, ranking))
         keys = [self._candidates_key(*item) for item in items]
-        answers = await self._cached("candidates", keys, items, self._candidates,
-                                     self._candidates_chunk(k))
-        return b'{"results":[' + b",".join(answers) + b"]}"
+        found = await self._cached("candidates", keys, items, self._candidates,
+                                   self._candidates_chunk(k))
+        for i, answer in zip(positions, found, strict=True):
+            answers[i] = answer
+        return _results(answers)
 
     async def align(self, source: str, target: str) -> bytes:
         pair = self.resolve_pair(source, target)
@@ -161,11 +205,52 @@ class AlignmentService:
                                    1))[0]
 
     async def align_batch(self, pairs: Sequence[tuple[str, str]]) -> bytes:
-        items = [self.resolve_pair(s, t, where=f"pairs[{i}]: ")
-                 for i, (s, t) in enumerate(pairs)]
+        """Every pair's answer in order; an unknown entity or a pair within one KG is its
+        error envelope, whose message names the pair's position."""
+        answers, positions, items = _resolve_each(
+            pairs, lambda i, pair: self.resolve_pair(*pair, where=f"pairs[{i}]: "))
         keys = [self._align_key(*item) for item in items]
-        answers = await self._cached("align", keys, items, self._align, self._max_batch)
-        return b'{"results":[' + b",".join(answers) + b"]}"
+        found = await self._cached("align", keys, items, self._align, self._max_batch)
+        for i, answer in zip(positions, found, strict=True):
+            answers[i] = answer
+        return _results(answers)
+
+    def _served_alignment(self) -> ServedAlignment:
+        """The checkpoint's decisions; 404 for a checkpoint that stores none."""
+        alignment = self.aligner.alignment
+        if alignment is None:
+            raise ServiceError(
+                404, "no_decisions",
+                "this checkpoint stores no decided alignment (written before decisions "
+                "existed, or trained without validation pairs): store them with `mimea align "
+                "--checkpoint CKPT --store` and restart the service")
+        return alignment
+
+    def _alignment_key(self, row: int, threshold: float | None) -> str:
+        return f"{self._prefix}dec:{row}:{threshold}"
+
+    async def alignment(self, entity: str, threshold: float | None) -> bytes:
+        self._served_alignment()
+        row = self.resolve(entity)
+        return (await self._cached("alignment", [self._alignment_key(row, threshold)],
+                                   [(row, threshold)], self._alignment, 1))[0]
+
+    async def alignment_batch(self, entities: Sequence[str], threshold: float | None) -> bytes:
+        """Every entity's decision in order; an unknown one is its error envelope."""
+        self._served_alignment()
+        answers, positions, items = _resolve_each(
+            entities, lambda _, entity: (self.resolve(entity), threshold))
+        keys = [self._alignment_key(*item) for item in items]
+        found = await self._cached("alignment", keys, items, self._alignment, self._max_batch)
+        for i, answer in zip(positions, found, strict=True):
+            answers[i] = answer
+        return _results(answers)
+
+    def alignment_stream(self, threshold: float | None, decisions: Sequence[str] | None,
+                         kg: int | None) -> Iterator[bytes]:
+        """The whole alignment as JSON Lines, produced as it is sent (404 at once when the
+        checkpoint stores none)."""
+        return self._served_alignment().lines(threshold, decisions, kg)
 
     def entities(self, kg: int | None, prefix: str, limit: int) -> dict[str, Any]:
         directory = self.aligner.directory
@@ -181,4 +266,5 @@ class AlignmentService:
     async def aclose(self) -> None:
         await self._candidates.aclose()
         await self._align.aclose()
+        await self._alignment.aclose()
         self._executor.shutdown(wait=True)

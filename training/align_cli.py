@@ -42,12 +42,18 @@ def align(
         "checkpoint's threshold, chosen for 0.95 precision)")] = None,
     data: Annotated[Path | None, Opt(help="KG pair folder, only for a checkpoint that stores "
                                      "no decisions (default: the one it was trained on)")] = None,
+    store: Annotated[bool, Opt("--store", help="also store the decisions in a checkpoint that "
+                                "has none, so that the service serves them")] = False,
 ) -> None:
     """Write every entity's alignment decision: its counterpart with a probability, or none."""
     _check_options(out, format_, min_probability)
     try:
         loaded = load_checkpoint(checkpoint)
-        decisions = stored_decisions(loaded) or _decide(loaded.path, data)
+        decisions = stored_decisions(loaded)
+        if decisions is None:
+            decisions = _decide(loaded.path, data)
+            if store:
+                _store(loaded.path, decisions)
     except (CheckpointError, DataError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     except OSError as exc:
@@ -79,6 +85,13 @@ def _decide(checkpoint: Path, data: Path | None) -> Decisions:
 
     typer.echo(f"{checkpoint} stores no decisions; deciding them now", err=True)
     return decide_checkpoint(checkpoint, data_dir=data)
+
+
+def _store(checkpoint: Path, decisions: Decisions) -> None:
+    from training.calibration import write_decisions
+
+    version = write_decisions(checkpoint, decisions)
+    typer.echo(f"stored the decisions in {checkpoint} (model version {version})", err=True)
 
 
 @contextmanager

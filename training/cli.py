@@ -38,14 +38,17 @@ def demo_data(
     out: Annotated[Path, Opt("--out", help="folder to write the KG pair into")],
     entities: Annotated[int, Opt(help="entities in the latent world")] = 2000,
     seed: Annotated[int, Opt(help="random seed")] = 0,
+    dangling: Annotated[float | None, Opt(
+        help="share of each KG's entities with no counterpart in the other (default: 10% of "
+             "the world in one KG only)")] = None,
     overwrite: Annotated[bool, Opt(help="replace an earlier demo pair in --out")] = False,
 ) -> None:
     """Write a synthetic multi-modal KG pair with a known gold alignment."""
     from training.synthetic import SyntheticSpec, write_synthetic_pair
 
     try:
-        summary = write_synthetic_pair(out, SyntheticSpec(num_entities=entities, seed=seed),
-                                       overwrite=overwrite)
+        spec = SyntheticSpec(num_entities=entities, seed=seed, dangling=dangling)
+        summary = write_synthetic_pair(out, spec, overwrite=overwrite)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"wrote {out}: {json.dumps(summary)}")

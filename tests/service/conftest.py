@@ -22,6 +22,7 @@ from model.ranking import serving_terms
 from service.main import create_app
 from service.settings import Settings
 from tests.service.redis_process import RedisProcess
+from training.calibration import decide_checkpoint, write_decisions
 
 DIMS = {"structure": 32, "relation": 16, "attribute": 16, "visual": 24}
 N1, N2, N_GOLD = 300, 320, 300
@@ -56,11 +57,12 @@ def _kg2_uri(i: int) -> str:
 
 
 def build_checkpoint(path: Path, *, seed: int = 0, noise: float = 0.35,
-                     ranking_terms: bool = True) -> SyntheticCheckpoint:
+                     ranking_terms: bool = True, decided: bool = False) -> SyntheticCheckpoint:
     """KG2 entity j < N_GOLD is a noisy copy of KG1 entity perm[j]; the rest are unmatched.
 
     With ``ranking_terms`` the checkpoint stores the terms of the Sinkhorn ranking, as training
-    writes them now; without, it is one written before they were stored.
+    writes them now; without, it is one written before they were stored. ``decided`` adds the
+    decided alignment as training stores it (calibrated on the validation pairs).
     """
     gen = torch.Generator().manual_seed(seed)
     perm, tables = noisy_copy_embeddings(N1, N2, N_GOLD, DIMS, noise=noise,
@@ -77,7 +79,8 @@ def build_checkpoint(path: Path, *, seed: int = 0, noise: float = 0.35,
     pairs = [[int(perm[j]), N1 + j] for j in range(N_GOLD)]
     version = write_checkpoint(
         path,
-        config={"modalities": list(DIMS), "model": {"hidden": 32}, "config": {"eval": EVAL},
+        config={"modalities": list(DIMS), "model": {"hidden": 32},
+                "config": {"eval": EVAL, "model": {"propagation": False}},
                 "data": {"name": "synthetic", "kg1": "KG1", "kg2": "KG2"}},
         weights={"encoder.weight": torch.randn(4, 4, generator=gen)},
         embeddings=tables,
@@ -86,12 +89,22 @@ def build_checkpoint(path: Path, *, seed: int = 0, noise: float = 0.35,
                "test": pairs[120:]},
         metrics={"test": {"hits@1": 0.9, "mrr": 0.93}, "epochs": 1, "wall_time_s": 1.0},
     )
+    if decided:
+        version = write_decisions(path, decide_checkpoint(path))
     return SyntheticCheckpoint(path=path, uris=uris, kgs=kgs, gold=gold, model_version=version)
 
 
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCheckpoint:
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def decided(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCheckpoint:
+    """A noisier pair (so that some decisions are wrong) in a checkpoint that stores the
+    decided alignment."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "decided", noise=1.2,
+                            decided=True)
 
 
 @pytest.fixture(scope="session")

@@ -214,16 +214,54 @@ def test_align_batch_equals_single_route(client: TestClient) -> None:
     ({"entities": []}, 422, "validation_error"),
     ({"entities": [KG1_MID], "k": 0}, 422, "validation_error"),
     ({"entities": [KG1_MID] * 1025}, 422, "validation_error"),
-    ({"entities": [KG1_MID, "missing/entity"]}, 404, "entity_not_found"),
+    ({"entities": [KG1_MID] * 21, "k": 1000}, 422, "too_many_candidates"),
 ])
 def test_candidates_batch_errors(client: TestClient, body: dict, status: int, code: str) -> None:
     assert_envelope(client.post("/candidates:batch", json=body), status, code)
 
 
+def assert_item_error(item: dict, code: str) -> dict:
+    assert set(item) == {"error"} and set(item["error"]) == {"code", "message", "details"}
+    assert item["error"]["code"] == code and item["error"]["message"]
+    return item["error"]
+
+
+def test_candidates_batch_answers_an_unknown_entity_in_its_place(client: TestClient) -> None:
+    entities = [KG1_MID, "missing/entity", KG2_URI]
+    response = client.post("/candidates:batch", json={"entities": entities, "k": 3})
+    assert response.status_code == 200, response.text
+    results = CandidatesBatchResponse.model_validate(response.json()).model_dump()["results"]
+    error = assert_item_error(results[1], "entity_not_found")
+    single = client.get("/candidates/missing/entity", params={"k": 3}).json()["error"]
+    assert error == single and error["details"]["entity"] == "missing/entity"
+    assert [results[0], results[2]] == [
+        client.get(f"/candidates/{e}", params={"k": 3}).json() for e in (KG1_MID, KG2_URI)]
+
+
+def test_candidates_batch_of_unknown_entities_only_is_200(client: TestClient) -> None:
+    body = client.post("/candidates:batch", json={"entities": ["nope", "nope"]}).json()
+    assert [assert_item_error(item, "entity_not_found")["details"]["entity"]
+            for item in body["results"]] == ["nope", "nope"]
+
+
 def test_align_batch_same_kg_names_the_pair(client: TestClient) -> None:
     pairs = [{"source": KG1_MID, "target": KG2_MID}, {"source": KG2_MID, "target": KG2_URI}]
-    error = assert_envelope(client.post("/align:batch", json={"pairs": pairs}), 422, "same_kg")
-    assert "pairs[1]" in error["message"]
+    response = client.post("/align:batch", json={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert "pairs[1]" in assert_item_error(results[1], "same_kg")["message"]
+    assert results[0] == client.post("/align", json=pairs[0]).json()
+
+
+def test_align_batch_answers_an_unknown_entity_in_its_place(client: TestClient) -> None:
+    pairs = [{"source": KG1_MID, "target": "nope"}, {"source": KG2_URI, "target": KG1_URI},
+             {"source": "nope", "target": KG2_MID}]
+    response = client.post("/align:batch", json={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    results = AlignBatchResponse.model_validate(response.json()).model_dump()["results"]
+    assert assert_item_error(results[0], "entity_not_found")["details"]["entity"] == "nope"
+    assert assert_item_error(results[2], "entity_not_found")["details"]["entity"] == "nope"
+    assert results[1] == client.post("/align", json=pairs[1]).json()
 
 
 def test_entities_prefix_lookup(client: TestClient) -> None:

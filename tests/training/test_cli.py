@@ -67,6 +67,17 @@ def test_demo_data_writes_a_pair(tmp_path: Path) -> None:
         assert (tmp_path / "demo" / name).is_file(), name
 
 
+def test_demo_data_dangling_share(tmp_path: Path) -> None:
+    result = invoke("demo-data", "--out", tmp_path / "demo", "--entities", "400",
+                    "--dangling", "0.2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo" / "synthetic.json").read_text(encoding="utf-8"))
+    assert summary["summary"]["dangling_share"] == pytest.approx(0.2, abs=0.02)
+    assert summary["spec"]["dangling"] == 0.2
+    assert_clean_failure(invoke("demo-data", "--out", tmp_path / "other", "--dangling", "1.5"),
+                         "dangling must be in [0, 1)")
+
+
 def test_demo_data_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "notes.txt").write_text("keep", encoding="utf-8")

@@ -275,6 +275,21 @@ def test_align_decides_a_checkpoint_without_stored_decisions(planted: Path,
     assert MATCH in (tmp_path / "a.tsv").read_text(encoding="utf-8")
 
 
+def test_align_store_puts_the_decisions_into_the_checkpoint(planted: Path,
+                                                             tmp_path: Path) -> None:
+    copy = tmp_path / "ckpt"
+    shutil.copytree(planted, copy, symlinks=True)
+    assert stored_decisions(load_checkpoint(copy)) is None
+    code, stdout, stderr = align("--checkpoint", copy, "--out", tmp_path / "a.tsv", "--store")
+    assert code == 0, stdout
+    assert "stored the decisions" in stderr
+    stored = stored_decisions(load_checkpoint(copy))
+    assert stored is not None
+    assert (tmp_path / "a.tsv").read_text(encoding="utf-8") == "".join(
+        alignment_lines(stored.tables, load_checkpoint(copy).entities, stored.threshold,
+                        "tsv"))
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--format", "csv"], "--format must be one of tsv, jsonl"),
     (["--min-probability", "1.5"], "--min-probability must be in [0, 1]"),
