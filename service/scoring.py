@@ -17,9 +17,9 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.ranking import Ranking
-from model.similarity import csls_means, normalise
+from model.similarity import csls_means, normalise, topk_candidates
 from service.directory import KGS, EntityDirectory
-from service.index import EXACT_BLOCK, KGIndex, build_index
+from service.index import KGIndex, build_index
 from service.rankings import (
     Rankings,
     evaluated_csls_k,
@@ -79,14 +79,12 @@ class Scorer:
 
     def _nearest_means(self, vectors: dict[int, torch.Tensor], k: int) -> torch.Tensor:
         """CSLS r of every row: mean cosine to its ``k`` nearest entities of the other KG, by
-        exact scans (for checkpoints that do not store r at this k)."""
+        the evaluation's candidate search (exact up to a size, IVF beyond; for checkpoints
+        that do not store r at this k)."""
         r = torch.zeros(len(self.directory))
         for kg in KGS:
-            queries, keys = vectors[kg], vectors[3 - kg]
-            width = min(k, len(keys))
-            top = torch.cat([torch.topk(queries[lo:lo + EXACT_BLOCK] @ keys.T, width,
-                                        dim=1).values
-                             for lo in range(0, len(queries), EXACT_BLOCK)])
+            top, _ = topk_candidates(vectors[kg], vectors[3 - kg], k,
+                                     use_gpu=self.device.type == "cuda")
             r[torch.from_numpy(self.directory.rows[kg])] = csls_means(top, k).cpu()
         return r
 
