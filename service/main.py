@@ -5,6 +5,10 @@ checkpoint (or takes one the CLI already loaded), builds the indexes and the cac
 ``app.state`` and closes them in ``finally``. Any loading error propagates, so the server never
 starts half-loaded. For ``uvicorn --factory service.main:create_app`` the settings come from the
 ``MIMEA_*`` environment.
+
+``/docs`` and ``/redoc`` load their scripts and styles from the app itself (``api/routes/docs``),
+so they work where no CDN can be reached; ``/`` is the alignment explorer, whose files are in
+``service/static``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from service.aligner import Aligner
-from service.api.routes import align, alignment, candidates, entities, health, model
+from service.api.routes import (
+    align,
+    alignment,
+    candidates,
+    docs,
+    entities,
+    health,
+    model,
+    pages,
+)
 from service.cache import build_cache
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
@@ -70,6 +84,8 @@ def create_app(settings: Settings | None = None, *, aligner: Aligner | None = No
         summary="Entity alignment candidates and pair scores from a MIMEA checkpoint.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by docs.router from local files
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.preloaded = aligner
@@ -77,8 +93,10 @@ def create_app(settings: Settings | None = None, *, aligner: Aligner | None = No
     app.state.service = None
     install_error_handlers(app)
     for router in (candidates.router, align.router, alignment.router, entities.router,
-                   model.router, health.router):
+                   model.router, health.router, pages.router, docs.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
+    app.mount(docs.DOCS_ASSETS, StaticFiles(packages=[docs.ASSETS_PACKAGE]), name="docs-assets")
     # Inside the metrics middleware (added after it), so its 413s are counted too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
