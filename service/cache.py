@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -89,19 +89,23 @@ class LRUCache(ResponseCache):
 
 
 class RedisCache(ResponseCache):
-    """Redis with fail-fast timeouts, no client-side retries, and a degraded state."""
+    """Redis with fail-fast timeouts, no client-side retries, and a degraded state.
+
+    ``on_error`` is called once per failed Redis call, so that failures that the degraded
+    state hides from clients still show in the service's metrics.
+    """
 
     backend = "redis"
 
     def __init__(self, url: str, ttl_s: int, *, timeout_s: float = 0.25,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, on_error: Callable[[], None] | None = None) -> None:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
         self._ttl = ttl_s
         self._retry_s = retry_s
         self._failed_at: float | None = None
-        self.errors = 0
+        self._on_error = on_error
 
     @property
     def status(self) -> str:
@@ -111,7 +115,8 @@ class RedisCache(ResponseCache):
         return self._failed_at is None or time.monotonic() - self._failed_at >= self._retry_s
 
     def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
+        if self._on_error is not None:
+            self._on_error()
         if self._failed_at is None:
             logger.warning("Redis unavailable, serving uncached: %s", exc)
         self._failed_at = time.monotonic()
@@ -166,8 +171,9 @@ class RedisCache(ResponseCache):
 
 
 def build_cache(redis_url: str | None, *, ttl_s: int, max_entries: int, timeout_s: float,
-                retry_s: float) -> ResponseCache:
-    """Redis when a URL is given, the in-process LRU otherwise."""
+                retry_s: float, on_error: Callable[[], None] | None = None) -> ResponseCache:
+    """Redis when a URL is given, the in-process LRU otherwise (which cannot fail)."""
     if redis_url:
-        return RedisCache(redis_url, ttl_s, timeout_s=timeout_s, retry_s=retry_s)
+        return RedisCache(redis_url, ttl_s, timeout_s=timeout_s, retry_s=retry_s,
+                          on_error=on_error)
     return LRUCache(max_entries, ttl_s)

@@ -59,7 +59,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(aligner.close)
         cache = build_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
                             max_entries=settings.cache_size, timeout_s=settings.redis_timeout_s,
-                            retry_s=settings.redis_retry_s)
+                            retry_s=settings.redis_retry_s,
+                            on_error=app.state.metrics.cache_errors.inc)
         stack.push_async_callback(cache.aclose)
         status = await cache.check()
         logger.info("cache: %s (%s)", cache.backend, status)

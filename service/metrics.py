@@ -30,6 +30,9 @@ class Metrics:
                                   ["kind"], registry=self.registry)
         self.cache_misses = Counter("mimea_cache_misses", "Answers computed (cache miss).",
                                     ["kind"], registry=self.registry)
+        self.cache_errors = Counter("mimea_cache_errors",
+                                    "Failed Redis calls; the request went on uncached.",
+                                    registry=self.registry)
         self.search_seconds = Histogram("mimea_index_search_seconds",
                                         "Time of one batched search/score call in the worker.",
                                         ["kind"], buckets=_LATENCY_BUCKETS,

@@ -28,6 +28,11 @@ def misses(client: TestClient, kind: str = "candidates") -> float:
     return registry.get_sample_value("mimea_cache_misses_total", {"kind": kind}) or 0.0
 
 
+def cache_errors(client: TestClient) -> float:
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value("mimea_cache_errors_total") or 0.0
+
+
 def test_lru_evicts_oldest_and_expires() -> None:
     async def scenario() -> None:
         cache = LRUCache(max_entries=2, ttl_s=0.05)
@@ -82,6 +87,7 @@ def test_redis_hit_and_miss(make_settings: Callable[..., Settings], redis_url: s
         batch = client.post("/candidates:batch", json={"entities": [ENTITY, OTHER], "k": 4})
         assert batch.json()["results"][0] == first.json()
         assert (misses(client), hits(client)) == (2.0, 2.0)
+        assert cache_errors(client) == 0.0
     keys = redis.Redis.from_url(redis_url).keys(f"{namespace}:*")
     assert len(keys) == 3
     assert all(k.startswith(f"{namespace}:{synthetic.model_version}:".encode()) for k in keys)
@@ -120,3 +126,17 @@ def test_redis_down_at_startup_still_serves(make_settings: Callable[..., Setting
     with TestClient(create_app(settings)) as client:
         assert client.get("/ready").json()["cache"]["status"] == "degraded"
         assert client.get(f"/candidates/{ENTITY}").status_code == 200
+
+
+def test_redis_failures_are_counted_in_metrics(make_settings: Callable[..., Settings],
+                                               free_port: Callable[[], int]) -> None:
+    """Each failed Redis call counts, also while the degraded cache answers every request."""
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                             redis_retry_s=0.001)
+    with TestClient(create_app(settings)) as client:
+        at_start = cache_errors(client)
+        assert at_start >= 1  # the startup probe
+        time.sleep(0.01)  # past redis_retry_s: the request tries Redis again
+        assert client.get(f"/candidates/{ENTITY}").status_code == 200
+        assert cache_errors(client) > at_start  # the read of the answer, maybe its write
+        assert "mimea_cache_errors_total" in client.get("/metrics").text
