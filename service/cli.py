@@ -9,7 +9,6 @@ input (settings, checkpoint), 1 for a runtime failure (e.g. no GPU for ``--devic
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,23 +16,13 @@ import typer
 from pydantic import ValidationError
 
 from model.checkpoint import CheckpointError
+from service.index import IndexKind
+from service.settings import DeviceName, LogLevel
 
 logger = logging.getLogger(__name__)
 
 BAD_INPUT = 2
 RUNTIME_FAILURE = 1
-
-
-class IndexChoice(StrEnum):
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-
-
-class DeviceChoice(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def serve(
@@ -43,11 +32,12 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
     redis_url: Annotated[str | None, typer.Option(
         help="Redis URL (default: MIMEA_REDIS_URL; unset = in-process LRU cache).")] = None,
-    index: Annotated[IndexChoice | None, typer.Option(
+    index: Annotated[IndexKind | None, typer.Option(
         help="FAISS index (default: MIMEA_INDEX or flat).")] = None,
-    device: Annotated[DeviceChoice | None, typer.Option(
+    device: Annotated[DeviceName | None, typer.Option(
         help="Embedding device (default: MIMEA_DEVICE or auto).")] = None,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(
+        case_sensitive=False, help="Log level (default: MIMEA_LOG_LEVEL or INFO).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (slower).")] = False,
 ) -> None:
     """Serve a checkpoint over HTTP. Options override MIMEA_* environment settings."""
@@ -61,7 +51,7 @@ def serve(
 
     overrides: dict[str, Any] = {
         "checkpoint": checkpoint, "redis_url": redis_url, "log_level": log_level,
-        "index": index.value if index else None, "device": device.value if device else None}
+        "index": index, "device": device}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -14,6 +14,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 
+from service.index import IndexKind, Precision
+
+# Named once, for the settings and for the choices of ``mimea serve``'s options.
+DeviceName = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
 
 def _default_threads() -> int:
     # Every core: a flat search of a few queries is bound by memory bandwidth, which a second
@@ -28,11 +34,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIMEA_", extra="ignore")
 
     checkpoint: Path | None = Field(None, description="Checkpoint directory written by training.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: DeviceName = Field(
         "auto", description="Where embeddings live; auto picks cuda when torch sees a GPU.")
-    index: Literal["flat", "hnsw", "ivf"] = Field(
+    index: IndexKind = Field(
         "flat", description="FAISS index per KG: exact flat inner product or approximate.")
-    search_precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+    search_precision: Precision = Field(
         "auto", description="Scan of a CPU flat index: float32, or a bfloat16 or int8 copy "
                             "whose shortlist is rescored in float32 (same results, a half or "
                             "a quarter of the memory traffic); auto: int8 where the CPU has "
@@ -94,7 +100,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="If set, required as X-API-Key. Empty means unset; a blank key or "
                           "one with surrounding whitespace is refused at start-up.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = "INFO"
 
     @field_validator("redis_url", mode="before")
     @classmethod

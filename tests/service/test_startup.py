@@ -186,6 +186,23 @@ def test_cli_rejects_invalid_options(synthetic) -> None:
     assert result.exit_code == 2
 
 
+def test_cli_choices_reach_the_settings(synthetic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options take the settings' own values (any case for the log level)."""
+    seen: list[Settings] = []
+
+    def load(settings: Settings) -> None:
+        seen.append(settings)
+        raise CheckpointError("stop before serving")
+
+    monkeypatch.setattr("service.aligner.Aligner.load", load)
+    result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path),
+                                         "--index", "ivf", "--device", "cpu",
+                                         "--log-level", "warning"])
+    assert result.exit_code == 2 and "stop before serving" in result.output
+    assert (seen[0].index, seen[0].device, seen[0].log_level) == ("ivf", "cpu", "WARNING")
+    assert CliRunner().invoke(_cli(), ["serve", "--log-level", "loud"]).exit_code == 2
+
+
 @pytest.mark.parametrize("args,env,expected", [
     (["--checkpoint", "absent"], {}, "does not exist"),
     (["--checkpoint", "absent", "--redis-url", "redis://127.0.0.1:99999"], {},
