@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch_geometric.utils import coalesce
 
 
 def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
@@ -70,7 +71,9 @@ def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
     device = edge_index.device
     if num_edge_types is None:
         num_edge_types = int(edge_type.max()) + 1 if edge_type.numel() else 1
-    linked = torch.unique(edge_index.flip(0), dim=1)  # [target, source], distinct
+    # [target, source], distinct, sorted by target then source (as torch.unique(dim=1) would
+    # give them, many times faster).
+    linked = coalesce(edge_index.flip(0), num_nodes=num_entities)
     degree = torch.zeros(num_entities, device=device).index_add_(
         0, linked[0], torch.ones(linked.shape[1], device=device))
     aggregations = [_weighted_mean(linked, degree, hub_damping, num_entities)]
@@ -78,7 +81,7 @@ def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
         num_relations = (num_edge_types + 1) // 2
         forward = edge_type < num_relations  # head → tail: the target is the head's tail
         for keep in (~forward, forward):  # the tails it points to, the heads pointing to it
-            rows = torch.unique(edge_index[:, keep].flip(0), dim=1)
+            rows = coalesce(edge_index[:, keep].flip(0), num_nodes=num_entities)
             aggregations.append(_weighted_mean(rows, degree, hub_damping, num_entities))
     has_type = torch.stack([edge_index[1], edge_type])  # target entity has the edge's type
     type_of_entity = _mean_rows(has_type, (num_entities, num_edge_types))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch_geometric.utils import coalesce
 
+import model.propagation
 from model.propagation import label_width, propagate_seed_labels, with_propagation
 
 
@@ -46,6 +48,22 @@ def test_counterparts_in_isomorphic_graphs_get_identical_labels() -> None:
     sim = labels[gold[reached, 0]] @ labels[gold[reached, 1]].T
     hits1 = (sim.argmax(dim=1) == torch.arange(len(sim))).float().mean()
     assert hits1 > 0.8
+
+
+def test_coalesce_deduplicates_edges_as_unique_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyG's coalesce gives the distinct edges in torch.unique(dim=1)'s order, so the labels
+    are bit for bit those that the slower torch.unique gave."""
+    edge_index, edge_type, n, gold = _isomorphic_pair()
+    edges = torch.cat([edge_index, edge_index[:, ::3]], dim=1).flip(0)  # duplicates included
+    assert torch.equal(coalesce(edges, num_nodes=n), torch.unique(edges, dim=1))
+    empty = torch.empty(2, 0, dtype=torch.long)
+    assert torch.equal(coalesce(empty, num_nodes=n), torch.unique(empty, dim=1))
+
+    labels = propagate_seed_labels(edge_index, edge_type, n, gold[:40], dim=16)
+    monkeypatch.setattr(model.propagation, "coalesce",
+                        lambda index, num_nodes: torch.unique(index, dim=1))
+    assert torch.equal(propagate_seed_labels(edge_index, edge_type, n, gold[:40], dim=16),
+                       labels)
 
 
 def test_shape_norms_and_unreached_entities() -> None:
