@@ -31,12 +31,13 @@ import faiss
 import numpy as np
 import torch
 
+from model.similarity import IVF_TRAIN_PER_LIST
+
 logger = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
 GPU_MAX_K = 2048  # faiss GPU k-selection limit
-IVF_TRAIN_PER_LIST = 64
 EXACT_BLOCK = 1024  # queries per scan: bounds the [block, n] score matrix
 RESCORE_EXTRA = 64  # shortlist of a compressed scan beyond the k asked for
 RESCORE_FLOATS = 1 << 24  # bounds the gathered shortlist vectors (64 MB) of one rescoring step
@@ -223,7 +224,10 @@ def build_index(vectors: torch.Tensor, biases: torch.Tensor, *, kind: IndexKind 
         nlist = max(1, min(ivf_nlist or int(4 * math.sqrt(n)), n // 39 or 1))
         quantizer = faiss.IndexFlatIP(dim)
         ann = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ann.train(_training_sample(keys, nlist))
+        # k-means on a seeded subsample: on every key of 1M it takes minutes, and 64 keys a
+        # list place the centroids as well for retrieval.
+        ann.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        ann.train(keys)
         ann.nprobe = min(nlist, ivf_nprobe)
     else:  # pragma: no cover - Settings restricts the choice
         raise ValueError(f"unknown index kind {kind!r}")
@@ -237,19 +241,6 @@ def build_index(vectors: torch.Tensor, biases: torch.Tensor, *, kind: IndexKind 
     return KGIndex(vectors=vectors, biases=biases, kind=kind, ann=ann,
                    on_gpu=resources is not None, hnsw_ef_search=hnsw_ef_search,
                    gpu_resources=resources)
-
-
-def _training_sample(vectors: np.ndarray, nlist: int) -> np.ndarray:
-    """At most ``IVF_TRAIN_PER_LIST`` points per list for k-means (seeded).
-
-    k-means costs n * nlist * d per iteration: on all of 1M vectors it takes minutes, while
-    64 points per centroid place the centroids as well for retrieval and train in seconds.
-    """
-    limit = IVF_TRAIN_PER_LIST * nlist
-    if len(vectors) <= limit:
-        return vectors
-    picked = np.random.default_rng(0).choice(len(vectors), size=limit, replace=False)
-    return vectors[np.sort(picked)]
 
 
 def native_precision() -> Precision:

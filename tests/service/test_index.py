@@ -10,6 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from model.similarity import IVF_TRAIN_PER_LIST
 from service import index as index_module
 from service.index import build_index
 from service.main import create_app
@@ -32,6 +33,17 @@ def test_index_finds_self_neighbours(kind: str) -> None:
     if kind == "flat":
         exact = torch.sort(x[:50] @ x.T, dim=1, descending=True).values[:, :5]
         np.testing.assert_allclose(cosine, exact, atol=1e-5)
+
+
+def test_ivf_trains_on_a_sample_of_the_keys() -> None:
+    """Beyond IVF_TRAIN_PER_LIST keys a list, faiss's k-means takes a seeded sample; every
+    key is still indexed and found."""
+    x = _unit(6000, 24, seed=3)  # 6000 > 64 * 16
+    index = build_index(x, torch.zeros(6000, 1), kind="ivf", ivf_nlist=16, ivf_nprobe=4)
+    assert index.ann.cp.max_points_per_centroid == IVF_TRAIN_PER_LIST
+    assert index.ann.ntotal == 6000
+    _, ids = index.search(x[::60], 1, None)
+    assert torch.equal(ids[:, 0], torch.arange(0, 6000, 60))
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
