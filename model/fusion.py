@@ -84,7 +84,10 @@ class ProbabilityGuidedFusion(nn.Module):
         for proj in self.tokens:
             proj.reset_parameters()
         self.norm.reset_parameters()
-        self.attention._reset_parameters()
+        # MultiheadAttention's own initialisation of its projections, by public means.
+        nn.init.xavier_uniform_(self.attention.in_proj_weight)
+        nn.init.zeros_(self.attention.in_proj_bias)
+        nn.init.zeros_(self.attention.out_proj.bias)
         nn.init.normal_(self.beta_head.weight, std=0.01)
         with torch.no_grad():
             self.beta_head.bias.copy_(torch.tensor([0.0, INITIAL_CONCENTRATION]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -199,6 +201,22 @@ def test_wrong_number_of_modalities_rejected(embeddings: int, mask_cols: int) ->
 def test_token_dim_must_divide_by_heads() -> None:
     with pytest.raises(ValueError, match="divisible by heads"):
         ProbabilityGuidedFusion(DIMS, token_dim=10, heads=3)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_reset_parameters_initialises_attention_as_torch_does(heads: int) -> None:
+    """Same numbers as MultiheadAttention's own (private) initialisation, from the same
+    random state."""
+    fusion = _fusion(heads=heads)
+    reference = copy.deepcopy(fusion)
+    torch.manual_seed(7)
+    fusion.reset_parameters()
+    torch.manual_seed(7)
+    for proj in reference.tokens:
+        proj.reset_parameters()
+    reference.attention._reset_parameters()
+    for name, value in reference.attention.state_dict().items():
+        assert torch.equal(fusion.attention.state_dict()[name], value), name
 
 
 def test_repr() -> None:
