@@ -37,7 +37,9 @@ class StructureEncoder(nn.Module):
       \operatorname{softmax}_j(\mathrm{LeakyReLU}(a^\top [W h_i \| W h_j] + b\, s_{r_{ij}}))`
       with one learned score :math:`s_r` per relation type. ``GATConv`` only ever reduces an
       edge feature to one attention logit per head, so a scalar per type is as expressive as a
-      relation embedding there and avoids an ``[E, d]`` projection per layer.
+      relation embedding there, with one parameter per type. It saves parameters, not memory:
+      PyG still projects the scalar to an ``[E, heads * d]`` tensor (``lin_edge``) before that
+      reduction, beside the ``[E, heads, d]`` messages.
 
     Inverse relations have their own type, so both say how two entities are related. The output
     is the concatenation of every layer's representation (``concat_layers``), which keeps both
