@@ -264,22 +264,63 @@ def test_ci_run_is_an_executable_bash_script_calling_make_test() -> None:
     subprocess.run(["bash", "-n", str(CI_RUN)], check=True, timeout=30)
 
 
-def test_makefile_targets() -> None:
-    make = _require_tool("make")
-    text = MAKEFILE.read_text(encoding="utf-8")
-    for target in ("test", "serve", "lint", "bench", "clean"):
-        assert re.search(rf"^{target}:", text, re.MULTILINE), f"no `{target}` target"
+def _make(*args: str, cwd: Path = ROOT) -> str:
+    """The output of ``make ARGS`` in ``cwd`` (``-n``: the commands it would run)."""
+    result = subprocess.run([_require_tool("make"), "--no-print-directory", "-C", str(cwd),
+                             *args], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
-    def dry_run(target: str) -> str:
-        result = subprocess.run([make, "-n", "-C", str(ROOT), target], capture_output=True,
-                                text=True, timeout=60, check=False)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
 
-    test = dry_run("test")
-    assert "ruff check ." in test and "pytest -q" in test and "redis-server" in test
-    serve = " ".join(dry_run("serve").replace("\\\n", " ").split())
-    assert "mimea serve --checkpoint demo/checkpoint --host 127.0.0.1 --port 8000" in serve
-    assert "env -u MIMEA_REDIS_URL" in serve
-    bench = dry_run("bench")
-    assert "bench/accuracy.py" in bench and "bench/serve.py" in bench
+def _commands(dry_run: str) -> list[str]:
+    """The lines of a dry run, continuation lines joined and spaces collapsed."""
+    return [" ".join(line.split()) for line in dry_run.replace("\\\n", " ").splitlines()]
+
+
+def test_make_help_lists_targets_that_run() -> None:
+    listed = [line.split()[1] for line in _make("help").splitlines()
+              if line.startswith("make ")]
+    assert {"test", "serve", "demo", "lint", "bench", "clean"} <= set(listed)
+    for target in listed:
+        _make("-n", target)
+
+
+def test_make_test_lints_then_runs_every_test_with_redis() -> None:
+    commands = _commands(_make("-n", "test"))
+    assert any("redis-server" in c for c in commands)  # started when none answers
+    lint = commands.index(".venv/bin/ruff check .")
+    (pytest_at,) = [i for i, c in enumerate(commands) if c.startswith(".venv/bin/pytest")]
+    assert lint < pytest_at
+    # The command collects the tests marked slow too: no marker filter, there or in addopts.
+    collected = subprocess.run(
+        [*shlex.split(commands[pytest_at]), "--collect-only",
+         "tests/bench/test_serve_bench.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
+    assert "test_quick_bench_writes_schema_with_no_errors" in collected.stdout
+    assert "deselected" not in collected.stdout
+
+
+def test_make_serve_serves_the_demo_checkpoint_without_redis() -> None:
+    commands = _commands(_make("-n", "serve"))
+    assert ("env -u MIMEA_REDIS_URL .venv/bin/mimea serve --checkpoint demo/checkpoint "
+            "--host 127.0.0.1 --port 8000") in commands
+
+
+def test_make_bench_runs_the_accuracy_and_serving_benchmarks() -> None:
+    commands = _commands(_make("-n", "bench"))
+    assert ".venv/bin/python bench/accuracy.py" in commands
+    assert ".venv/bin/python bench/serve.py" in commands
+
+
+def test_make_clean_keeps_the_environment_and_distclean_removes_it(tmp_path: Path) -> None:
+    shutil.copy(MAKEFILE, tmp_path / "Makefile")
+    made = [tmp_path / "demo" / "checkpoint", tmp_path / ".pytest_cache",
+            tmp_path / "model" / "__pycache__", tmp_path / ".venv" / "bin"]
+    for folder in made:
+        folder.mkdir(parents=True)
+    _make("clean", cwd=tmp_path)
+    assert [f.exists() for f in made] == [False, False, False, True]
+    assert (tmp_path / "model").is_dir()
+    _make("distclean", cwd=tmp_path)
+    assert not (tmp_path / ".venv").exists() and (tmp_path / "Makefile").exists()

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the benchmark against a server process
+
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {"route", "cache", "concurrency", "requests", "errors", "rps", "p50_ms", "p95_ms",
             "p99_ms", "rss_mb"}

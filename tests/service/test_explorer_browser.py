@@ -22,6 +22,8 @@ import pytest
 
 from bench.server_process import Server
 
+pytestmark = pytest.mark.slow  # starts server processes and a browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 API_KEY = "explorer-key"

@@ -24,6 +24,8 @@ from schemathesis.specs.openapi.checks import (
 from service.main import create_app
 from service.settings import Settings
 
+pytestmark = pytest.mark.slow  # some thirty generated requests per operation
+
 MAX_EXAMPLES = 30
 
 

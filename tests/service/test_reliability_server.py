@@ -12,6 +12,8 @@ import pytest
 
 from bench.server_process import Server
 
+pytestmark = pytest.mark.slow  # starts a server process
+
 HEADER_TIMEOUT_S = 1.0
 HALF_OPEN = 50
 

@@ -13,6 +13,8 @@ import pytest
 from bench.server_process import Server
 from model.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # starts a server process
+
 
 @pytest.fixture(scope="module")
 def server(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -48,6 +48,7 @@ def test_one_process_keeps_its_own_values() -> None:
     assert Shard().from_first([(1, 2)]) == [(1, 2)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `mimea train --workers 2` trains data-parallel over gloo; rank 0 writes one checkpoint,
     # which loads and ranks the test pairs about as well as a single process's model.
