@@ -35,6 +35,7 @@ SEARCH_BLOCK = 65_536  # queries per faiss call: bounds the [block, k] result bu
 RANK_BLOCK = 4_096  # keys per streamed score block
 TIE_TOLERANCE = 1e-5  # relative: float32 dot products of unit vectors agree to ~1e-6
 EDGE_BLOCK = 1 << 20  # edges per gather in edge_cosine
+COUNT_TILE = 256  # score rows compared at a time when counting keys ahead of a gold
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +355,29 @@ def _at_least_gold(scores: torch.Tensor, gold_score: torch.Tensor,
         raise ValueError("NaN in the scores")
     counts = torch.zeros_like(gold_col)
     busy = torch.nonzero(best >= gold_score).squeeze(1)
-    counts[busy] = (scores[busy] >= gold_score[busy, None]).sum(dim=1)
+    counts[busy] = count_at_least(scores, busy, gold_score[busy])
     own = torch.nonzero((gold_col >= 0) & (gold_col < scores.shape[1])).squeeze(1)
     counts[own] -= (scores[own, gold_col[own]] >= gold_score[own]).long()
+    return counts
+
+
+def count_at_least(matrix: torch.Tensor, rows: torch.Tensor, floor: torch.Tensor, *,
+                   scale: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """For each of ``rows`` of ``matrix [R, C]``, how many columns j score
+    ``scale * matrix[row, j] + bias[j]`` at or above its ``floor``: ``[len(rows)]`` int64.
+
+    Rows go :data:`COUNT_TILE` at a time, so that a tile's scores are computed, compared and
+    counted while in cache: on a whole ``[R, C]`` block each of those steps is a pass over
+    main memory, four times slower in all.
+    """
+    counts = torch.empty(len(rows), dtype=torch.long, device=matrix.device)
+    for lo in range(0, len(rows), COUNT_TILE):
+        picked = rows[lo:lo + COUNT_TILE]
+        tile = matrix[picked]
+        if bias is not None:
+            tile = torch.add(bias, tile, alpha=scale)
+        elif scale != 1.0:
+            tile = tile * scale
+        counts[lo:lo + len(picked)] = torch.count_nonzero(
+            tile >= floor[lo:lo + len(picked), None], dim=1)
     return counts
