@@ -96,8 +96,12 @@ def _store(checkpoint: Path, decisions: Decisions) -> None:
 
 @contextmanager
 def _replacing(path: Path) -> Iterator[IO[str]]:
-    """A text handle on a temporary sibling of ``path`` that replaces ``path`` on success."""
+    """A text handle on a temporary sibling of ``path`` that replaces ``path`` on success,
+    with the mode a new file gets (``mkstemp`` makes it readable by its owner alone)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             yield handle

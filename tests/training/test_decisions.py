@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 import tracemalloc
 from pathlib import Path
 
@@ -253,6 +255,16 @@ def load_threshold(path: Path) -> float:
     stored = stored_decisions(load_checkpoint(path))
     assert stored is not None
     return stored.threshold
+
+
+def test_align_output_gets_the_mode_of_a_new_file(decided: Path, tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        code, stdout, _ = align("--checkpoint", decided, "--out", tmp_path / "a.tsv")
+    finally:
+        os.umask(umask)
+    assert code == 0, stdout
+    assert stat.S_IMODE((tmp_path / "a.tsv").stat().st_mode) == 0o644
 
 
 def test_align_writes_jsonl_at_a_chosen_threshold(decided: Path, tmp_path: Path) -> None:
