@@ -26,6 +26,11 @@ A checkpoint holds only data formats that load without running code::
                             present exactly when config.json has a "decisions" object, whose
                             "threshold" in [0, 1] is the probability a pairing needs to be a
                             match by default
+    history.json            optional: the training run, for its report: "epochs" (one record
+                            per epoch: losses, learning rate, validation Hits@1 and MRR where
+                            validated), "best_epoch", and "test_ranks" ("ranking", "direction",
+                            "ranks": the gold rank of each test pair in split.json's order)
+    report.html             optional: the run's report, one self-contained page (training/report.py)
 
 Integrity (format 2). ``config.json["files"]`` is a manifest ``{name: {"bytes", "sha256"}}`` of
 every other file (an optional file is read only when the manifest lists it), and
@@ -41,6 +46,10 @@ symlink, at it by ``os.replace`` of a temporary symlink, so ``out/<file>`` keeps
 every reader. A format 1 checkpoint written as a real directory at ``out`` is moved aside to
 ``.out.v-legacy-<token>`` just before the switch. The previous version is kept (a reader may
 still be reading it) and older ones are deleted. One writer at a time per ``out``.
+
+Rewriting. history.json and report.html describe how the model was trained. A checkpoint
+written again at the same ``out`` with the same weights, embeddings, entities and split (to add
+its decisions, say) keeps those of the version it replaces, unless new ones are given.
 
 A loader resolves ``out`` once and reads every file from that directory, so it never mixes two
 checkpoints; when the checkpoint is replaced while it is being read (its directory deleted, or
@@ -84,7 +93,12 @@ DECISIONS_FILE = "decisions.safetensors"
 DECISIONS_KEY = "decisions"
 DECISION_TENSORS = {"counterpart": torch.int64, "probability": torch.float32,
                     "runner_up": torch.int64, "seed": torch.bool}
+HISTORY_FILE = "history.json"
+REPORT_FILE = "report.html"
+RUN_FILES = (HISTORY_FILE, REPORT_FILE)  # kept by a rewrite of the same model
 DATA_FILES = (WEIGHTS_FILE, EMBEDDINGS_FILE, ENTITIES_FILE, SPLIT_FILE, METRICS_FILE)
+# A rewrite whose files hash as these did is the same trained model.
+MODEL_FILES = (WEIGHTS_FILE, EMBEDDINGS_FILE, ENTITIES_FILE, SPLIT_FILE)
 REQUIRED_FILES = (CONFIG_FILE, *DATA_FILES)
 GENERATED_KEYS = ("format_version", "model_version", "embedding_dims", "files")
 ENTITIES_HEADER = "id\tkg\turi"
@@ -149,6 +163,7 @@ class Checkpoint:
     metrics: dict[str, Any]
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     decisions: DecisionTables | None = None
+    history: dict[str, Any] | None = None
 
     @property
     def model_version(self) -> str:
@@ -172,13 +187,16 @@ def write_checkpoint(
     split: Mapping[str, Any],
     metrics: Mapping[str, Any],
     decisions: DecisionTables | None = None,
+    history: Mapping[str, Any] | None = None,
+    report: str | None = None,
 ) -> str:
     """Write a checkpoint atomically (see the module docstring) and return its model version.
 
     ``config`` must contain ``modalities`` (the order of the columns of ``fusion_weights`` and
     ``mask``) and, with ``decisions``, a ``decisions`` object; the keys in ``GENERATED_KEYS``
     are computed here. The loader's rules are applied before anything is written, so whatever
-    is written can be loaded.
+    is written can be loaded. ``history`` and ``report`` (HTML) are the optional run files;
+    one not given is kept from the version replaced when the model is the same.
     """
     path = Path(path)
     config = {k: v for k, v in config.items() if k not in GENERATED_KEYS}
@@ -187,12 +205,17 @@ def write_checkpoint(
     _check_consistency(entities, embeddings, list(config["modalities"]), source=path)
     _check_decisions(decisions, config, entities.kgs, where=f"checkpoint {path}")
     _refuse_foreign(path)
+    run_files: dict[str, bytes] = {}
+    if history is not None:
+        run_files[HISTORY_FILE] = _json_bytes(dict(history))
+    if report is not None:
+        run_files[REPORT_FILE] = report.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     token = tmp.name.rsplit("-", 1)[1]
     try:
         version = _write_files(tmp, config, weights, embeddings, entities, split, metrics,
-                               decisions)
+                               decisions, run_files, replaced=_resolve(path))
         final = tmp.rename(path.parent / f".{path.name}.v-{version}-{token}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,8 +234,10 @@ def _refuse_foreign(path: Path) -> None:
 
 def _write_files(directory: Path, config: dict[str, Any], weights: Mapping[str, torch.Tensor],
                  embeddings: EmbeddingTables, entities: EntityTable, split: Mapping[str, Any],
-                 metrics: Mapping[str, Any], decisions: DecisionTables | None) -> str:
-    """Fill ``directory``; return the model version recorded in its config.json."""
+                 metrics: Mapping[str, Any], decisions: DecisionTables | None,
+                 run_files: Mapping[str, bytes], *, replaced: Path | None) -> str:
+    """Fill ``directory``; return the model version recorded in its config.json.
+    ``replaced``: the version ``directory`` replaces, whose run files it may keep."""
     directory.chmod(DIR_MODE)
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
               directory / WEIGHTS_FILE)
@@ -225,19 +250,54 @@ def _write_files(directory: Path, config: dict[str, Any], weights: Mapping[str, 
         save_file({name: getattr(decisions, name).detach().cpu().contiguous()
                    for name in DECISION_TENSORS}, directory / DECISIONS_FILE)
         names.append(DECISIONS_FILE)
+    files = {name: _file_entry(directory / name) for name in names}
+    for name, content in run_files.items():
+        (directory / name).write_bytes(content)
+        files[name] = _file_entry(directory / name)
+    files.update(_keep_run_files(replaced, directory, files))
     full = {
         **config,
         "format_version": FORMAT_VERSION,
         "embedding_dims": {"joint": int(embeddings.joint.shape[1]),
                            **{m: int(t.shape[1]) for m, t in embeddings.modalities.items()}},
-        "files": {name: _file_entry(directory / name) for name in names},
+        "files": files,
     }
     full = json.loads(json.dumps(full))  # hash exactly what a reader will parse
     full["model_version"] = _version_of(full)
     _write_json(directory / CONFIG_FILE, full)
-    for name in (CONFIG_FILE, *names):
+    for name in (CONFIG_FILE, *files):
         (directory / name).chmod(FILE_MODE)
     return str(full["model_version"])
+
+
+def _keep_run_files(replaced: Path | None, directory: Path,
+                    files: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Copy into ``directory`` the run files of the ``replaced`` version that ``files`` lacks,
+    when both hold the same model (``MODEL_FILES`` hash alike); return their manifest entries.
+    A file that no longer matches the old manifest is not kept."""
+    missing = [name for name in RUN_FILES if name not in files]
+    if replaced is None or not missing:
+        return {}
+    try:
+        old = _read_json(replaced / CONFIG_FILE, shown=replaced / CONFIG_FILE).get("files")
+    except CheckpointError:
+        return {}
+    if not isinstance(old, dict) or any(old.get(name) != files[name] for name in MODEL_FILES):
+        return {}
+    kept = {}
+    for name in missing:
+        if name not in old:
+            continue
+        try:
+            shutil.copyfile(replaced / name, directory / name)
+        except OSError:
+            continue
+        entry = _file_entry(directory / name)
+        if entry == old[name]:
+            kept[name] = entry
+        else:
+            (directory / name).unlink()
+    return kept
 
 
 def _switch(path: Path, final: Path, token: str) -> Path | None:
@@ -310,7 +370,11 @@ def _write_entities(path: Path, entities: EntityTable) -> None:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_bytes(_json_bytes(value))
+
+
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -390,15 +454,25 @@ def _load(path: Path, directory: Path, *, with_weights: bool, verify: bool) -> C
     weights = (_read_safetensors(directory / WEIGHTS_FILE, shown=path / WEIGHTS_FILE)
                if with_weights else {})
     decisions = (_read_decisions(directory / DECISIONS_FILE, shown=path / DECISIONS_FILE)
-                 if _lists_decisions(directory, config) else None)
+                 if _lists(directory, config, DECISIONS_FILE) else None)
+    history = (_read_json(directory / HISTORY_FILE, shown=path / HISTORY_FILE)
+               if _lists(directory, config, HISTORY_FILE) else None)
     _check_decisions(decisions, config, entities.kgs, where=f"checkpoint {path}")
     return Checkpoint(path=path, config=config, entities=entities, embeddings=embeddings,
                       split=_read_json(directory / SPLIT_FILE, shown=path / SPLIT_FILE),
                       metrics=_read_json(directory / METRICS_FILE, shown=path / METRICS_FILE),
-                      weights=weights, decisions=decisions)
+                      weights=weights, decisions=decisions, history=history)
 
 
 # ----------------------------------------------------------------------------------- manifest
+
+
+def _lists(directory: Path, config: Mapping[str, Any], name: str) -> bool:
+    """Whether the checkpoint has the optional file ``name``: listed in the manifest (format 2;
+    an unlisted file is unverified, so it is not read) or present (format 1)."""
+    if config["format_version"] == 1:
+        return (directory / name).is_file()
+    return name in config["files"]
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -597,14 +671,6 @@ def _read_safetensors(path: Path, *, shown: Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------- decisions
-
-
-def _lists_decisions(directory: Path, config: Mapping[str, Any]) -> bool:
-    """Whether the checkpoint has the optional decisions file: listed in the manifest
-    (format 2; an unlisted file is unverified, so it is not read) or present (format 1)."""
-    if config["format_version"] == 1:
-        return (directory / DECISIONS_FILE).is_file()
-    return DECISIONS_FILE in config["files"]
 
 
 def _read_decisions(path: Path, *, shown: Path) -> DecisionTables:

@@ -19,13 +19,15 @@ from typing import Annotated
 import torch
 import torch.distributed as dist
 import typer
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.checkpoint import CheckpointError
 from model.config import ConfigError, load_config
 from model.device import resolve_device
 from model.finite import NonFiniteError
-from training.cli import BAD_INPUT, RUNTIME_FAILURE, _fail, format_table
+from training.cli import BAD_INPUT, LOG_FORMAT, RUNTIME_FAILURE, _fail, training_outcome
 from training.data import DataError
+from training.progress import Phases, process_start
 from training.trainer import Shard
 
 # Rank 0 evaluates and writes the checkpoint (minutes on a large pair) while the other ranks
@@ -37,7 +39,8 @@ app = typer.Typer(add_completion=False)
 
 
 def worker_args(data: Path, out: Path, config: Path | None, overrides: list[str], *,
-                visual: Path | None, allow_pickle: bool, quiet: bool) -> list[str]:
+                visual: Path | None, allow_pickle: bool, quiet: bool,
+                as_json: bool) -> list[str]:
     """The command line of this module that trains as ``mimea train`` was asked to."""
     args = ["--data", str(data), "--out", str(out)]
     if config is not None:
@@ -46,7 +49,8 @@ def worker_args(data: Path, out: Path, config: Path | None, overrides: list[str]
         args += ["--set", item]
     if visual is not None:
         args += ["--visual", str(visual)]
-    return args + ["--allow-pickle"] * allow_pickle + ["--quiet"] * quiet
+    return (args + ["--allow-pickle"] * allow_pickle + ["--quiet"] * quiet
+            + ["--json"] * as_json)
 
 
 def launch(workers: int, args: list[str]) -> int:
@@ -75,11 +79,14 @@ def main(
     config: Annotated[Path | None, Opt(help="TOML/YAML/JSON configuration file")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="override: section.key=value")] = None,
     visual: Annotated[Path | None, Opt(help="visual features (.npz, .npy + .ids, .pkl)")] = None,
-    allow_pickle: Annotated[bool, Opt(help="allow reading a pickle of visual features")] = False,
-    quiet: Annotated[bool, Opt(help="no progress bar")] = False,
+    allow_pickle: Annotated[bool, Opt("--allow-pickle",
+                                      help="allow reading a pickle of visual features")] = False,
+    quiet: Annotated[bool, Opt("--quiet", help="no progress bars or phase logs")] = False,
+    as_json: Annotated[bool, Opt("--json", help="print the outcome as JSON")] = False,
 ) -> None:
     """One process of data-parallel training (torchrun sets its rank and the rendezvous)."""
-    from training.pipeline import run_training
+    phases = Phases(process_start())
+    from training.pipeline import train_checkpoint
 
     torch.set_flush_denormal(True)  # see training.cli.train
     try:
@@ -89,10 +96,13 @@ def main(
         raise _fail(str(exc)) from exc
     shard = join_group(device)
     logging.basicConfig(level=logging.INFO if shard.rank == 0 and not quiet else logging.WARNING,
-                        format=f"%(levelname)s rank {shard.rank} %(name)s: %(message)s")
+                        format=LOG_FORMAT.replace("%(name)s", f"rank {shard.rank} %(name)s"))
     try:
-        metrics = run_training(data, out, cfg, visual=visual, allow_pickle=allow_pickle,
-                               progress=shard.rank == 0 and not quiet, shard=shard)
+        with logging_redirect_tqdm():
+            checkpoint = train_checkpoint(data, out, cfg, visual=visual,
+                                          allow_pickle=allow_pickle,
+                                          progress=shard.rank == 0 and not quiet, shard=shard,
+                                          phases=phases)
         dist.barrier()
     except NonFiniteError as exc:
         raise _fail(str(exc), RUNTIME_FAILURE) from exc
@@ -102,10 +112,9 @@ def main(
         raise _fail(str(exc), RUNTIME_FAILURE) from exc
     finally:
         dist.destroy_process_group()
-    if shard.rank == 0:
-        typer.echo(f"checkpoint written to {out} by {shard.size} processes "
-                   f"({metrics['epochs']} epochs, {metrics['wall_s']:.0f} s)")
-        typer.echo(format_table(metrics["test"]))
+    if checkpoint is not None:
+        typer.echo(training_outcome(checkpoint, out, phases, as_json=as_json,
+                                    processes=shard.size))
 
 
 def join_group(device: torch.device) -> Shard:

@@ -82,13 +82,30 @@ def evaluate_rankings(embeddings: torch.Tensor, pairs: torch.Tensor,
                       ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`evaluate_pairs` for several rankings at once: every rank of every ranking, both
     directions, comes from one pass over the pairs' cosine blocks."""
+    ranks = rank_pairs(embeddings, pairs, methods, k=k, sinkhorn_reg=sinkhorn_reg,
+                       sinkhorn_iterations=sinkhorn_iterations, pools=pools,
+                       candidates=candidates)
+    return {method: direction_metrics(both) for method, both in ranks.items()}
+
+
+def rank_pairs(embeddings: torch.Tensor, pairs: torch.Tensor,
+               methods: tuple[Similarity, ...] = ("cosine", "csls", "sinkhorn"), *,
+               k: int = 10, sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
+               pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+               candidates: int = DEFAULT_CANDIDATES,
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The gold ranks behind :func:`evaluate_rankings`: for each ranking, ``[P]`` KG1→KG2 and
+    ``[P]`` KG2→KG1 ranks, pair i's at i (a run's report draws their histogram)."""
     z = _unit_rows(embeddings)
     forms = {method: _pair_forms(z, pairs, method, k, sinkhorn_reg, sinkhorn_iterations, pools,
                                  candidates) for method in methods}
-    ranks = _pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms)
-    return {method: {"kg1_to_kg2": ranking_metrics(forward),
-                     "kg2_to_kg1": ranking_metrics(backward)}
-            for method, (forward, backward) in ranks.items()}
+    return _pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms)
+
+
+def direction_metrics(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """``{"kg1_to_kg2": ..., "kg2_to_kg1": ...}`` metrics of (forward, backward) ranks."""
+    forward, backward = ranks
+    return {"kg1_to_kg2": ranking_metrics(forward), "kg2_to_kg1": ranking_metrics(backward)}
 
 
 def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
@@ -196,15 +213,15 @@ def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor, kgs: torc
     return result
 
 
-def validation_hits1(embeddings: torch.Tensor, pairs: torch.Tensor, distractors: torch.Tensor,
-                     *, k: int = 10) -> float:
-    """CSLS Hits@1, KG1→KG2, of ``pairs`` ranked against their targets *and* ``distractors``.
+def validation_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
+                       distractors: torch.Tensor, *, k: int = 10) -> dict[str, float]:
+    """CSLS metrics, KG1→KG2, of ``pairs`` ranked against their targets *and* ``distractors``.
 
     Among a few hundred validation targets alone nearly every model looks good; with every
     unlabelled KG2 entity as a distractor, the epoch that validates best is the one that ranks
     best among the test's thousands of candidates.
     """
-    return pooled_metrics(embeddings, pairs, distractors, k=k)["hits1"]
+    return pooled_metrics(embeddings, pairs, distractors, k=k)
 
 
 def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,

@@ -29,8 +29,10 @@ from model.mimea import GraphInputs
 from model.ranking import Ranking, ranking_terms, serving_terms
 from training import calibration
 from training.data import KGPairData, load_kg_pair
-from training.evaluation import all_targets_metrics, evaluate_rankings
+from training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
 from training.features import FeatureOptions, build_modal_inputs
+from training.progress import Phases, StepBar
+from training.report import RunRecord, render_report
 from training.split import AlignmentSplit, split_pairs
 from training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
 
@@ -45,17 +47,22 @@ class PreparedData:
 
 
 def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
-            allow_pickle: bool = False) -> PreparedData:
-    """Load and validate the KG pair, build features and split the gold pairs."""
-    data = load_kg_pair(Path(data_dir), visual=visual, allow_pickle=allow_pickle)
-    options = FeatureOptions(relation_top_k=config.data.relation_top_k,
-                             attribute_top_k=config.data.attribute_top_k,
-                             use_attribute_values=config.data.use_attribute_values)
-    inputs = build_modal_inputs(data, options)
-    for name, features in inputs.features.items():
-        require_finite(features, f"the {name} features built from {data_dir}")
-    split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
-                        valid_fraction=config.data.valid_fraction, seed=config.training.seed)
+            allow_pickle: bool = False, phases: Phases | None = None) -> PreparedData:
+    """Load and validate the KG pair, build features and split the gold pairs (timed as the
+    phases ``load`` and ``features``)."""
+    phases = phases or Phases()
+    with phases.phase("load"):
+        data = load_kg_pair(Path(data_dir), visual=visual, allow_pickle=allow_pickle)
+    with phases.phase("features"):
+        options = FeatureOptions(relation_top_k=config.data.relation_top_k,
+                                 attribute_top_k=config.data.attribute_top_k,
+                                 use_attribute_values=config.data.use_attribute_values)
+        inputs = build_modal_inputs(data, options)
+        for name, features in inputs.features.items():
+            require_finite(features, f"the {name} features built from {data_dir}")
+        split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
+                            valid_fraction=config.data.valid_fraction,
+                            seed=config.training.seed)
     return PreparedData(data=data, inputs=inputs, split=split)
 
 
@@ -67,11 +74,19 @@ def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConf
                         ) -> dict[str, dict[str, dict[str, float]]]:
     """Metrics for every ranking (cosine, CSLS, Sinkhorn) and both directions; the Sinkhorn
     plan is taken over ``pools`` (see ``training.evaluation.evaluate_pairs``)."""
+    return {ranking: direction_metrics(ranks)
+            for ranking, ranks in embedding_ranks(joint, pairs, config, pools).items()}
+
+
+def embedding_ranks(joint: torch.Tensor, pairs: np.ndarray, config: EvalConfig,
+                    pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The gold ranks behind :func:`evaluate_embeddings`, (KG1→KG2, KG2→KG1) per ranking."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
-    return evaluate_rankings(joint.cpu(), rows, RANKINGS, k=config.csls_k,
-                             sinkhorn_reg=config.sinkhorn_reg,
-                             sinkhorn_iterations=config.sinkhorn_iterations, pools=pools,
-                             candidates=config.candidates)
+    return rank_pairs(joint.cpu(), rows, RANKINGS, k=config.csls_k,
+                      sinkhorn_reg=config.sinkhorn_reg,
+                      sinkhorn_iterations=config.sinkhorn_iterations, pools=pools,
+                      candidates=config.candidates)
 
 
 def stored_ranking_terms(joint: torch.Tensor, kgs: torch.Tensor,
@@ -106,69 +121,115 @@ def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                  visual: Path | None = None, allow_pickle: bool = False, progress: bool = True,
                  on_epoch: Callable[[dict[str, float]], None] | None = None,
                  shard: Shard = SINGLE_PROCESS) -> dict[str, Any]:
-    """Train on ``data_dir``, evaluate on the held-out test pairs, write ``out_dir``.
+    """:func:`train_checkpoint`, returning the metrics written to ``metrics.json`` (an empty
+    dict in a process other than rank 0)."""
+    checkpoint = train_checkpoint(data_dir, out_dir, config, visual=visual,
+                                  allow_pickle=allow_pickle, progress=progress,
+                                  on_epoch=on_epoch, shard=shard)
+    return checkpoint.metrics if checkpoint is not None else {}
 
-    Returns the metrics that were written to ``metrics.json``. In data-parallel training
-    (``shard`` one of several processes) only rank 0 evaluates and writes; the others return
-    an empty dict once the model is trained.
+
+def train_checkpoint(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
+                     visual: Path | None = None, allow_pickle: bool = False,
+                     progress: bool = True,
+                     on_epoch: Callable[[dict[str, float]], None] | None = None,
+                     shard: Shard = SINGLE_PROCESS,
+                     phases: Phases | None = None) -> Checkpoint | None:
+    """Train on ``data_dir``, evaluate on the held-out test pairs, write ``out_dir`` with the
+    run's history and report, then decide its alignment there.
+
+    Returns the checkpoint written. In data-parallel training (``shard`` one of several
+    processes) only rank 0 evaluates and writes; the others return None once the model is
+    trained. Each phase is timed in ``phases``.
     """
+    phases = phases or Phases()
     start = time.perf_counter()
-    prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle)
+    prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle,
+                       phases=phases)
     data, split = prepared.data, prepared.split
     device = resolve_device(config.training.device)
     logger.info("training on %s with %s: %s", data_dir, device, split.sizes())
     unlabelled = unlabelled_rows(data, split)
-    result = train_model(config, prepared.inputs, torch.as_tensor(split.train),
-                         torch.as_tensor(split.valid), device=device, progress=progress,
-                         candidate_rows=unlabelled, on_epoch=on_epoch, shard=shard)
+    with phases.phase("training"):
+        result = train_model(config, prepared.inputs, torch.as_tensor(split.train),
+                             torch.as_tensor(split.valid), device=device, progress=progress,
+                             candidate_rows=unlabelled, on_epoch=on_epoch, shard=shard)
     if shard.rank != 0:
-        return {}
-    output = infer(result.model, prepared.inputs.to(device))
-    joint = result.joint(output.joint).cpu()
+        return None
     kgs = torch.as_tensor(data.kgs.astype(np.int64))
-    csls_r, potential = stored_ranking_terms(joint, kgs, config.eval)
-    embeddings = EmbeddingTables(
-        joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
-        modalities=dict(zip(result.model.modalities, output.modal, strict=True)),
-        csls_r=csls_r, sinkhorn_potential=potential)
-    wall_s = time.perf_counter() - start
-    metrics = _metrics(result, joint, split, config, wall_s, unlabelled)
-    metrics["all_targets"] = served_metrics(embeddings, kgs, split.test, config.eval)
-    write_checkpoint(
-        Path(out_dir),
-        config={"config": config.model_dump(mode="json"),
-                "modalities": result.model.modalities,
-                "data": {"path": str(data_dir), **data.summary(), "warnings": data.warnings},
-                "model_shape": {"num_entities": prepared.inputs.num_entities,
-                                "num_edge_types": prepared.inputs.num_edge_types,
-                                "feature_dims": {k: int(v.shape[1]) for k, v in
-                                                 prepared.inputs.features.items()}}},
-        weights=result.model.state_dict(),
-        embeddings=embeddings,
-        entities=EntityTable(ids=data.ids.tolist(), kgs=data.kgs.astype(int).tolist(),
-                             uris=list(data.uris)),
-        split=_split_record(data, split, config),
-        metrics=metrics,
-    )
-    calibration.record_decisions(Path(out_dir), prepared.inputs)
-    return load_checkpoint(Path(out_dir)).metrics  # with the decisions' test figures
+    with phases.phase("evaluation"), StepBar("evaluation", 4 + (result.base is not None),
+                                             enabled=progress) as bar:
+        with bar.step("embedding every entity"):
+            output = infer(result.model, prepared.inputs.to(device))
+            joint = result.joint(output.joint).cpu()
+        with bar.step("ranking terms of every entity"):
+            csls_r, potential = stored_ranking_terms(joint, kgs, config.eval)
+        embeddings = EmbeddingTables(
+            joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
+            modalities=dict(zip(result.model.modalities, output.modal, strict=True)),
+            csls_r=csls_r, sinkhorn_potential=potential)
+        with bar.step("test and validation rankings"):
+            test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled)
+            metrics = _metrics(result, test_ranks, joint, split, config)
+        if result.base is not None:
+            with bar.step("rankings of the base model"):
+                metrics["base"] = _base_metrics(result, split, config, unlabelled)
+        with bar.step("served ranking"):
+            metrics["all_targets"] = served_metrics(embeddings, kgs, split.test, config.eval)
+    metrics["wall_s"] = time.perf_counter() - start
+    history = _history(result, test_ranks[config.eval.headline][0], config)
+    with phases.phase("report"):
+        report = render_report(RunRecord(
+            history=history, metrics=metrics, modalities=result.model.modalities,
+            fusion_weights=embeddings.fusion_weights, mask=embeddings.mask, kgs=kgs,
+            title=str(data_dir)))
+    with phases.phase("writing"):
+        write_checkpoint(
+            Path(out_dir),
+            config={"config": config.model_dump(mode="json"),
+                    "modalities": result.model.modalities,
+                    "data": {"path": str(data_dir), **data.summary(),
+                             "warnings": data.warnings},
+                    "model_shape": {"num_entities": prepared.inputs.num_entities,
+                                    "num_edge_types": prepared.inputs.num_edge_types,
+                                    "feature_dims": {k: int(v.shape[1]) for k, v in
+                                                     prepared.inputs.features.items()}}},
+            weights=result.model.state_dict(),
+            embeddings=embeddings,
+            entities=EntityTable(ids=data.ids.tolist(), kgs=data.kgs.astype(int).tolist(),
+                                 uris=list(data.uris)),
+            split=_split_record(data, split, config),
+            metrics=metrics,
+            history=history,
+            report=report,
+        )
+    with phases.phase("alignment decisions"):
+        if len(split.valid):
+            logger.info("deciding the alignment of every entity (calibrated on %d validation "
+                        "pairs)", len(split.valid))
+        calibration.record_decisions(Path(out_dir), prepared.inputs)
+        return load_checkpoint(Path(out_dir))  # with the decisions' test figures
 
 
 SPLIT_PARTS = ("train", "valid", "test")
 
 
-def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test") -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test",
+                        phases: Phases | None = None) -> dict[str, Any]:
     """Recompute the metrics of a checkpoint's saved joint embeddings on its own split.
 
     Returns the model version, the headline ranking, the pair count, ``rankings`` (every
     ranking, both directions, among the part's pairs as training reported them) and, for the
-    test part, ``all_targets`` (:func:`served_metrics`), with the seconds each step took.
+    test part, ``all_targets`` (:func:`served_metrics`), with ``seconds``: the time of each
+    phase (``load``, ``rankings``, ``all_targets``), the rest and the total (of ``phases``,
+    by default from this call).
     """
     if part not in SPLIT_PARTS:
         raise ValueError(f"unknown split part {part!r}; use train, valid or test")
-    start = time.perf_counter()
-    checkpoint = load_checkpoint(Path(checkpoint_dir))
-    split = {name: split_rows(checkpoint, name) for name in SPLIT_PARTS}
+    phases = phases or Phases()
+    with phases.phase("load"):
+        checkpoint = load_checkpoint(Path(checkpoint_dir))
+        split = {name: split_rows(checkpoint, name) for name in SPLIT_PARTS}
     pairs = split[part]
     if len(pairs) == 0:
         raise CheckpointError(f"checkpoint {checkpoint_dir} has no {part} pairs")
@@ -177,20 +238,20 @@ def evaluate_checkpoint(checkpoint_dir: Path, *, part: str = "test") -> dict[str
     report: dict[str, Any] = {"checkpoint": str(checkpoint_dir),
                               "model_version": checkpoint.model_version, "part": part,
                               "headline": config.eval.headline, "pairs": len(pairs)}
-    seconds = {"load": time.perf_counter() - start}
     if part != "test":
-        report["rankings"] = evaluate_embeddings(learned_columns(joint, config.model), pairs,
-                                                 config.eval)
-        seconds["rankings"] = time.perf_counter() - start - seconds["load"]
-        return {**report, "seconds": seconds}
-    kgs = torch.as_tensor(checkpoint.entities.kgs)
-    labelled = np.concatenate([split["train"].reshape(-1), split["valid"].reshape(-1)])
-    pools = free_rows(np.asarray(checkpoint.entities.kgs), labelled)
-    report["rankings"] = evaluate_embeddings(joint, pairs, config.eval, pools)
-    seconds["rankings"] = time.perf_counter() - start - seconds["load"]
-    report["all_targets"] = served_metrics(checkpoint.embeddings, kgs, pairs, config.eval)
-    seconds["all_targets"] = time.perf_counter() - start - sum(seconds.values())
-    return {**report, "seconds": seconds}
+        with phases.phase("rankings"):
+            report["rankings"] = evaluate_embeddings(learned_columns(joint, config.model), pairs,
+                                                     config.eval)
+        return {**report, "seconds": phases.report()}
+    with phases.phase("rankings"):
+        labelled = np.concatenate([split["train"].reshape(-1), split["valid"].reshape(-1)])
+        pools = free_rows(np.asarray(checkpoint.entities.kgs), labelled)
+        report["rankings"] = evaluate_embeddings(joint, pairs, config.eval, pools)
+    with phases.phase("all_targets"):
+        report["all_targets"] = served_metrics(checkpoint.embeddings,
+                                               torch.as_tensor(checkpoint.entities.kgs), pairs,
+                                               config.eval)
+    return {**report, "seconds": phases.report()}
 
 
 def split_rows(checkpoint: Checkpoint, part: str) -> np.ndarray:
@@ -245,29 +306,39 @@ def free_rows(kgs: np.ndarray, labelled: np.ndarray) -> tuple[torch.Tensor, torc
             torch.as_tensor(np.flatnonzero(free & (kgs == 2))))
 
 
-def _metrics(result: TrainResult, joint: torch.Tensor, split: AlignmentSplit,
-             config: MIMEAConfig, wall_s: float,
-             unlabelled: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+def _metrics(result: TrainResult, test_ranks: dict[str, tuple[torch.Tensor, torch.Tensor]],
+             joint: torch.Tensor, split: AlignmentSplit, config: MIMEAConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "headline": config.eval.headline,
-        "test": evaluate_embeddings(joint, split.test, config.eval, unlabelled),
+        "test": {ranking: direction_metrics(ranks) for ranking, ranks in test_ranks.items()},
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "pseudo_pairs": result.pseudo_pairs,
         "train_s": result.wall_s,
-        "wall_s": wall_s,
         "s_per_epoch": result.wall_s / max(result.epochs, 1),
-        "history": result.history,
     }
     if len(split.valid):
         metrics["valid"] = evaluate_embeddings(learned_columns(joint, config.model), split.valid,
                                                config.eval)
-    if result.base is not None:
-        metrics["base"] = {"test": evaluate_embeddings(result.base.joint, split.test, config.eval,
-                                                       unlabelled),
-                           "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,
-                           "train_s": result.base.wall_s}
     return metrics
+
+
+def _base_metrics(result: TrainResult, split: AlignmentSplit, config: MIMEAConfig,
+                  unlabelled: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """The test figures of the model selected before pseudo-labelling (iterative runs)."""
+    assert result.base is not None
+    return {"test": evaluate_embeddings(result.base.joint, split.test, config.eval, unlabelled),
+            "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,
+            "train_s": result.base.wall_s}
+
+
+def _history(result: TrainResult, headline_ranks: torch.Tensor,
+             config: MIMEAConfig) -> dict[str, Any]:
+    """history.json: every epoch's record, the selected epoch, and the gold rank of each test
+    pair by the headline ranking, KG1→KG2 (in split.json's order)."""
+    return {"epochs": result.history, "best_epoch": result.best_epoch,
+            "test_ranks": {"ranking": config.eval.headline, "direction": "kg1_to_kg2",
+                           "ranks": headline_ranks.tolist()}}
 
 
 def _split_record(data: KGPairData, split: AlignmentSplit,

@@ -28,7 +28,7 @@ from model.finite import NonFiniteError, require_finite
 from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from model.objective import StepObjective
 from model.propagation import propagate_seed_labels, with_propagation
-from training.evaluation import mutual_nearest_pairs, validation_hits1
+from training.evaluation import mutual_nearest_pairs, validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ class _Run:
         self.best_score = -1.0
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.history: list[dict[str, float]] = []
+        self.fits = 0
         self.generator = torch.Generator().manual_seed(config.training.seed)
         self.propagated: torch.Tensor | None = None
 
@@ -368,37 +369,55 @@ class _Run:
         self.propagated = propagate(self.config, self.inputs, pairs)
         cfg = self.config.training
         stale = 0
-        bar = tqdm(range(epochs), desc="train", disable=not self.progress, leave=False)
-        for step in bar:
+        self.fits += 1
+        name = "training" if self.fits == 1 else f"pseudo-label round {self.fits - 1}"
+        steps = len(epoch_steps(len(pairs), cfg, self.shard))
+        start = time.perf_counter()
+        bar = tqdm(total=epochs * steps, desc=name, unit="step", disable=not self.progress,
+                   leave=False)
+        for step in range(epochs):
             lr = epoch_lr(cfg, step, epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.epoch += 1
-            losses = self._epoch(pairs)
+            bar.set_description(f"{name}, epoch {step + 1}/{epochs}")
+            losses = self._epoch(pairs, bar)
             record = {"epoch": float(self.epoch), "lr": lr, **losses}
             if len(self.valid_pairs) == 0:
                 # Nothing to select on: the latest state is the result.
                 self.best_epoch, self.best_state = self.epoch, self.model.state_dict()
             elif self.epoch % cfg.valid_every == 0 or step == epochs - 1:
-                score = self._validate()
-                record["valid_hits1"] = score
-                logger.info("epoch %d: loss %.3f, valid Hits@1 %.4f", self.epoch,
-                            losses["total"], score)
-                if score > self.best_score:
-                    self.best_score, self.best_epoch, stale = score, self.epoch, 0
+                bar.set_postfix_str("validating")
+                record.update(self._validate())
+                if record["valid_hits1"] > self.best_score:
+                    self.best_score, self.best_epoch, stale = (record["valid_hits1"], self.epoch,
+                                                               0)
                     self.best_state = copy.deepcopy(self.model.state_dict())
                 else:
                     stale += 1
             self.history.append(record)
             if self.on_epoch is not None:
                 self.on_epoch(record)
-            bar.set_postfix(loss=f"{losses['total']:.3f}",
-                            valid_h1=f"{max(self.best_score, 0.0):.3f}")
+            bar.set_postfix_str(self._status(record), refresh=True)
             if stale >= cfg.patience:
                 logger.info("early stop at epoch %d (best %d)", self.epoch, self.best_epoch)
                 break
+        bar.close()
+        logger.info("%s: %d epochs in %.1f s, best epoch %d%s", name, step + 1,
+                    time.perf_counter() - start, self.best_epoch,
+                    f" (valid Hits@1 {self.best_score:.4f})" if self.best_score >= 0 else "")
 
-    def _epoch(self, pairs: torch.Tensor) -> dict[str, float]:
+    def _status(self, record: dict[str, float]) -> str:
+        """The bar's postfix: the epoch's loss and, once there is one, the latest validation
+        with the best so far (never a figure no validation produced)."""
+        status = f"loss {record['total']:.3f}"
+        if self.best_score < 0:
+            return status
+        latest = next(r for r in reversed(self.history) if "valid_hits1" in r)
+        return (f"{status}, valid Hits@1 {latest['valid_hits1']:.3f} (best "
+                f"{self.best_score:.3f} at epoch {self.best_epoch})")
+
+    def _epoch(self, pairs: torch.Tensor, bar: tqdm) -> dict[str, float]:
         self.model.train()
         order = torch.randperm(len(pairs), generator=self.generator).to(pairs.device)
         sums: dict[str, float] = {}
@@ -413,6 +432,7 @@ class _Run:
             self.optimizer.step()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
+            bar.update()
         return {key: value / max(len(steps), 1) for key, value in sums.items()}
 
     def _require_finite_losses(self, terms: dict[str, torch.Tensor], step: int) -> None:
@@ -425,11 +445,17 @@ class _Run:
                     f"{name!r} is {float(value.detach())}; check the input features for extreme "
                     f"values or lower training.lr")
 
-    def _validate(self) -> float:
-        """Validation Hits@1 as rank 0 scores it (the other processes wait for it)."""
-        return self.shard.from_first(self._score() if self.shard.rank == 0 else 0.0)
+    def _validate(self) -> dict[str, float]:
+        """``valid_hits1`` and ``valid_mrr`` as rank 0 scores them (the other processes wait
+        for them); logged with the time validation took."""
+        start = time.perf_counter()
+        metrics = self.shard.from_first(self._score() if self.shard.rank == 0 else {})
+        record = {"valid_hits1": metrics.get("hits1", 0.0), "valid_mrr": metrics.get("mrr", 0.0)}
+        logger.info("epoch %d: valid Hits@1 %.4f, MRR %.4f (validated in %.1f s)", self.epoch,
+                    record["valid_hits1"], record["valid_mrr"], time.perf_counter() - start)
+        return record
 
-    def _score(self) -> float:
+    def _score(self) -> dict[str, float]:
         # The learned embedding alone: the propagated labels lift every epoch's score alike,
         # so with them an early epoch's plateau can outlast the patience (on FB15K-DB15K
         # training stopped at epoch 8 of 60 that way).
@@ -438,8 +464,8 @@ class _Run:
             require_finite(joint, "the joint embedding")
         except NonFiniteError as exc:
             raise NonFiniteError(f"training diverged at epoch {self.epoch}: {exc}") from None
-        return validation_hits1(joint, self.valid_pairs, self.distractors,
-                                k=self.config.eval.csls_k)
+        return validation_metrics(joint, self.valid_pairs, self.distractors,
+                                  k=self.config.eval.csls_k)
 
 
 def _step_module(objective: StepObjective, shard: Shard, seed: int) -> nn.Module:

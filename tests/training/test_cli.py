@@ -126,7 +126,7 @@ def test_evaluate_json(cli_checkpoint: Path) -> None:
     for direction in ("kg1_to_kg2", "kg2_to_kg1"):
         assert report["all_targets"][direction] == pytest.approx(
             stored["all_targets"][direction])
-    assert set(report["seconds"]) == {"load", "rankings", "all_targets"}
+    assert set(report["seconds"]) == {"load", "rankings", "all_targets", "other", "total"}
 
 
 @pytest.mark.slow

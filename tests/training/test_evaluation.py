@@ -16,7 +16,7 @@ from training.evaluation import (
     mutual_nearest_pairs,
     pooled_metrics,
     ranking_metrics,
-    validation_hits1,
+    validation_metrics,
 )
 
 # Dense references: what the scalable code must reproduce where its candidate lists are
@@ -217,9 +217,9 @@ def test_validation_distractors_make_ranking_harder() -> None:
                         [0.9, 0.1], [0.1, 0.9],      # gold targets
                         [0.05, 1.0], [-1.0, 0.0]])   # distractors
     pairs = torch.tensor([[0, 2], [1, 3]])
-    assert validation_hits1(emb, pairs, torch.empty(0, dtype=torch.long), k=1) == 1.0
-    assert validation_hits1(emb, pairs, torch.tensor([5]), k=1) == 1.0
-    assert validation_hits1(emb, pairs, torch.tensor([4, 5]), k=1) == pytest.approx(0.5)
+    assert validation_metrics(emb, pairs, torch.empty(0, dtype=torch.long), k=1)["hits1"] == 1.0
+    assert validation_metrics(emb, pairs, torch.tensor([5]), k=1)["hits1"] == 1.0
+    assert validation_metrics(emb, pairs, torch.tensor([4, 5]), k=1)["hits1"] == pytest.approx(0.5)
 
 
 def test_pooled_metrics_take_the_hubness_terms_over_the_source_pool() -> None:
@@ -231,7 +231,7 @@ def test_pooled_metrics_take_the_hubness_terms_over_the_source_pool() -> None:
                         [0.85, -0.53]])  # another source, on the wrong target
     pairs, wrong, other = torch.tensor([[0, 1]]), torch.tensor([2]), torch.tensor([3])
     assert pooled_metrics(emb, pairs, wrong, k=1)["hits1"] == 0.0
-    assert validation_hits1(emb, pairs, wrong, k=1) == 0.0
+    assert validation_metrics(emb, pairs, wrong, k=1)["hits1"] == 0.0
     pooled = pooled_metrics(emb, pairs, wrong, other, k=1)
     assert pooled["hits1"] == 1.0 and pooled["mr"] == 1.0
 

@@ -51,7 +51,22 @@ def test_metrics_file_matches_returned_metrics(trained_run: TrainedRun) -> None:
     assert set(stored["test"]["csls"]) == DIRECTIONS
     assert set(stored["test"]["csls"]["kg1_to_kg2"]) == METRICS
     assert stored["headline"] == "sinkhorn"
-    assert 1 <= stored["best_epoch"] <= stored["epochs"] == len(stored["history"])
+    history = load_checkpoint(trained_run.checkpoint).history
+    assert history is not None
+    assert 1 <= stored["best_epoch"] == history["best_epoch"] <= stored["epochs"] == len(
+        history["epochs"])
+
+
+def test_history_holds_the_test_ranks_behind_the_headline(trained_run: TrainedRun) -> None:
+    checkpoint = load_checkpoint(trained_run.checkpoint)
+    assert checkpoint.history is not None
+    ranks = checkpoint.history["test_ranks"]
+    assert ranks["ranking"] == checkpoint.metrics["headline"]
+    assert ranks["direction"] == "kg1_to_kg2"
+    assert len(ranks["ranks"]) == len(checkpoint.split["test"])
+    headline = checkpoint.metrics["test"][ranks["ranking"]]["kg1_to_kg2"]
+    assert np.mean(np.asarray(ranks["ranks"]) == 1) == pytest.approx(headline["hits1"])
+    assert np.mean(1.0 / np.asarray(ranks["ranks"])) == pytest.approx(headline["mrr"])
 
 
 def test_test_hits1_well_above_chance(trained_run: TrainedRun) -> None:
@@ -149,9 +164,11 @@ def test_same_seed_gives_identical_runs(synthetic_dir: Path, tmp_path: Path,
 
 def test_different_seed_gives_different_run(synthetic_dir: Path, tmp_path: Path,
                                             tiny_overrides: list[str]) -> None:
-    first = _short_run(synthetic_dir, tmp_path / "a", tiny_overrides)
-    second = _short_run(synthetic_dir, tmp_path / "b", [*tiny_overrides, "training.seed=3"])
-    assert first["history"] != second["history"]
+    _short_run(synthetic_dir, tmp_path / "a", tiny_overrides)
+    _short_run(synthetic_dir, tmp_path / "b", [*tiny_overrides, "training.seed=3"])
+    first, second = (load_checkpoint(tmp_path / d).history for d in "ab")
+    assert first is not None and second is not None
+    assert first["epochs"] != second["epochs"]
 
 
 def test_seed_pairs_rank_with_the_learned_columns(trained_run: TrainedRun) -> None:

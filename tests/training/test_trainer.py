@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,28 @@ def test_on_epoch_sees_every_epoch(synthetic_dir: Path, tiny_overrides: list[str
     assert [r["epoch"] for r in records] == [1.0, 2.0, 3.0, 4.0]
     assert records == result.history
     assert ["valid_hits1" in r for r in records] == [False, True, False, True]
+    assert all(("valid_mrr" in r) == ("valid_hits1" in r) for r in records)
     assert {"joint", "total"} <= set(records[0])
+
+
+def test_bar_shows_no_validation_figure_before_one_ran(synthetic_dir: Path,
+                                                      tiny_overrides: list[str],
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="training.trainer")
+    config = _config(tiny_overrides, "training.epochs=4", "training.valid_every=3")
+    data = prepare(synthetic_dir, config)
+    capsys.readouterr()
+    train_model(config, data.inputs, torch.as_tensor(data.split.train),
+                torch.as_tensor(data.split.valid), device=torch.device("cpu"), progress=True)
+    frames = [f for f in capsys.readouterr().err.split("\r") if "training, epoch" in f]
+    first_validation = next(i for i, f in enumerate(frames) if "validating" in f)
+    assert "epoch 3/4" in frames[first_validation]
+    assert not any("valid" in f for f in frames[:first_validation])
+    assert any("valid Hits@1" in f and "best" in f for f in frames[first_validation:])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("epoch 3: valid Hits@1 ") and "validated in" in m for m in messages)
+    assert any(m.startswith("training: 4 epochs in ") for m in messages)
 
 
 def test_without_validation_pairs_trains_every_epoch(synthetic_dir: Path,
@@ -209,14 +231,15 @@ def test_every_fit_propagates_the_pairs_it_trains_on(
         checked.append(len(pairs))
 
     validated_dims: list[int] = []
-    original_validation = trainer_module.validation_hits1
+    original_validation = trainer_module.validation_metrics
 
-    def recording_validation(joint: torch.Tensor, *args: object, **kwargs: object) -> float:
+    def recording_validation(joint: torch.Tensor, *args: object,
+                             **kwargs: object) -> dict[str, float]:
         validated_dims.append(joint.shape[1])
         return original_validation(joint, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer_module._Run, "fit", checking_fit)
-    monkeypatch.setattr(trainer_module, "validation_hits1", recording_validation)
+    monkeypatch.setattr(trainer_module, "validation_metrics", recording_validation)
     data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
                                     iteration_epochs=2)
     assert len(checked) == 3 and checked[1] > checked[0]
