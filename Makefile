@@ -72,8 +72,8 @@ $(DEMO_DATA): | $(STAMP)
 	mv $@.tmp $@
 
 $(DEMO_CHECKPOINT): | $(DEMO_DATA)
-	@echo "training the demo model with $(DEMO_CONFIG) into $@ (a few minutes on a CPU)"
-	$(BIN)/mimea train --data $(DEMO_DATA) --out $@ --config $(DEMO_CONFIG) --quiet
+	@echo "training the demo model with $(DEMO_CONFIG) into $@ (about a minute on a CPU)"
+	$(BIN)/mimea train --data $(DEMO_DATA) --out $@ --config $(DEMO_CONFIG)
 
 demo: $(DEMO_CHECKPOINT)
 

@@ -372,4 +372,10 @@ def test_align_on_a_trained_checkpoint(trained_run: TrainedRun, tmp_path: Path) 
     code, stdout, _ = align("--checkpoint", path, "--out", tmp_path / "a.tsv")
     assert code == 0, stdout
     test = load_checkpoint(path).metrics["decisions"]["test"]
-    assert test["decided"] > 0 and test["precision"] > 0.9  # 16 validation pairs: cautious
+    if decisions.threshold == 1.0:
+        # 16 validation pairs, every one right: Platt's targets cap each probability at 17/18,
+        # short of the 0.95 precision aimed at, so nothing is decided.
+        assert test["decided"] == 0 and max(decisions.tables.probability[
+            ~decisions.tables.seed].tolist()) <= 17 / 18 + 1e-6
+    else:
+        assert test["decided"] > 0 and test["precision"] > 0.9  # 16 validation pairs: cautious

@@ -130,3 +130,23 @@ def test_default_spec_records_its_dangling_share(tmp_path: Path) -> None:
 def test_bad_spec_rejected(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SyntheticSpec(**bad)
+
+
+def test_coverage_follows_the_entity(tmp_path: Path) -> None:
+    # Same rate per KG, but an entity mostly has (or lacks) its image and attributes in both:
+    # far fewer gold pairs with a modality on one side only than independent draws give.
+    spec = replace(SPEC, num_entities=2000, visual_missing=0.2, attribute_missing=0.2)
+    write_synthetic_pair(tmp_path, spec)
+    data = load_kg_pair(tmp_path)
+    inputs = build_modal_inputs(data)
+    for name in ("visual", "attribute"):
+        mask = inputs.masks[name].numpy()
+        one_sided = (mask[data.gold[:, 0]] ^ mask[data.gold[:, 1]]).mean()
+        assert abs((1.0 - mask.mean()) - 0.2) < 0.04, name
+        assert one_sided < 0.6 * 2 * 0.2 * 0.8, (name, one_sided)  # independent: 0.32
+
+
+def test_every_entity_has_something_to_align_by(synthetic_dir: Path) -> None:
+    inputs = build_modal_inputs(load_kg_pair(synthetic_dir))
+    described = inputs.masks["structure"] | inputs.masks["attribute"] | inputs.masks["visual"]
+    assert bool(described.all())
