@@ -156,9 +156,11 @@ def _training_figure(epochs: list[dict[str, float]], best_epoch: object) -> Figu
 
 
 def fusion_means(record: RunRecord) -> dict[int, list[float]]:
-    """Each KG's mean fusion weight per modality (``{kg: [M]}``), over its entities."""
-    weights = record.fusion_weights.float() * record.mask.float()
-    return {kg: weights[record.kgs == kg].mean(dim=0).tolist() for kg in (1, 2)}
+    """Each KG's mean fusion weight per modality (``{kg: [M]}``), over its entities (on the
+    CPU: training hands over the tables on its device)."""
+    weights = record.fusion_weights.detach().float().cpu() * record.mask.float().cpu()
+    kgs = record.kgs.cpu()
+    return {kg: weights[kgs == kg].mean(dim=0).tolist() for kg in (1, 2)}
 
 
 def _fusion_figure(record: RunRecord) -> Figure:
