@@ -20,7 +20,7 @@ import torch
 
 from model.finite import require_finite
 from model.ranking import Ranking, ScoreForm, ranking_terms, score_form
-from model.similarity import TIE_TOLERANCE, normalise, streaming_gold_ranks
+from model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
 CHUNK = 4096
@@ -128,11 +128,12 @@ def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
         hi = min(lo + block, len(targets))
         cos = sources @ targets[lo:hi].T  # [P, hi - lo]
         row_max, col_max = cos.amax(dim=1), cos.amax(dim=0)
+        by_target = cos.T.contiguous()  # its rows are read tile by tile, as cos's are
         for method, (forward, backward) in forms.items():
             gold_f, gold_b = golds[method]
             _count_ahead(ahead[method][0], cos, row_max, forward, gold_f,
                          keys=slice(lo, hi), own=torch.arange(lo, hi))
-            _count_ahead(ahead[method][1][lo:hi], cos.T, col_max, backward, gold_b[lo:hi],
+            _count_ahead(ahead[method][1][lo:hi], by_target, col_max, backward, gold_b[lo:hi],
                          keys=slice(None), own=torch.arange(lo, hi) - lo, own_key_offset=lo)
     return {method: (forward + 1, backward + 1) for method, (forward, backward) in ahead.items()}
 
@@ -148,10 +149,7 @@ def _count_ahead(ahead: torch.Tensor, cos: torch.Tensor, row_max: torch.Tensor,
     busy = torch.nonzero(bound >= gold).squeeze(1)
     if len(busy) == 0:
         return
-    scores = cos[busy] * form.scale
-    if bias is not None:
-        scores += bias[None, :]
-    ahead[busy] += (scores >= gold[busy, None]).sum(dim=1)
+    ahead[busy] += count_at_least(cos, busy, gold[busy], scale=form.scale, bias=bias)
     gold_key = own + own_key_offset - (keys.start or 0)
     own_scores = form.scale * cos[own, gold_key]
     if bias is not None:
