@@ -9,6 +9,7 @@ input (settings, checkpoint), 1 for a runtime failure (e.g. no GPU for ``--devic
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,6 +60,7 @@ def serve(
         raise typer.Exit(BAD_INPUT) from exc
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_can_listen(host, port)
     try:
         aligner = Aligner.load(settings)
     except CheckpointError as exc:
@@ -68,10 +70,30 @@ def serve(
         typer.echo(f"error: cannot start the service: {one_line(exc)}", err=True)
         raise typer.Exit(RUNTIME_FAILURE) from exc
     app = create_app(settings, aligner=aligner)
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
-                access_log=access_log, timeout_keep_alive=settings.keep_alive_timeout_s,
-                limit_concurrency=settings.limit_concurrency,
-                http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
+                    access_log=access_log, timeout_keep_alive=settings.keep_alive_timeout_s,
+                    limit_concurrency=settings.limit_concurrency,
+                    http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes))
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start (its log says why)
+        if exc.code in (0, None):
+            raise
+        typer.echo(f"error: the server could not start on {host}:{port} (see the log above)",
+                   err=True)
+        raise typer.Exit(RUNTIME_FAILURE) from exc
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Exit 1 with one line, before the checkpoint is loaded (minutes for a large one), when
+    ``host:port`` cannot be bound: most often another server holds the port."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(RUNTIME_FAILURE) from exc
 
 
 def one_line(exc: BaseException) -> str:

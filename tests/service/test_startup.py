@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -169,6 +170,21 @@ def test_cli_runtime_failure_exits_1(synthetic) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("error: cannot start the service") and "cuda" in \
         result.output
+
+
+def test_cli_port_in_use_exits_1_before_loading(synthetic,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[Settings] = []
+    monkeypatch.setattr("service.aligner.Aligner.load", lambda settings: loaded.append(settings))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path),
+                                             "--port", str(port)])
+    assert result.exit_code == 1 and not loaded
+    assert result.output.count("\n") == 1
+    assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("value", ["", " ", "\t\n"])
