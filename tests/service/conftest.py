@@ -127,12 +127,17 @@ def make_settings(synthetic: SyntheticCheckpoint) -> Callable[..., Settings]:
     return make
 
 
+def serving(checkpoint: Path) -> TestClient:
+    """A client of an app over ``checkpoint`` with the in-process cache, isolated from the
+    caller's MIMEA_* environment (enter it to start the app)."""
+    return TestClient(create_app(Settings(checkpoint=checkpoint, redis_url=None, api_key=None,
+                                          index="flat", device="cpu", threads=1)))
+
+
 @pytest.fixture(scope="module")
 def client(synthetic: SyntheticCheckpoint) -> Iterator[TestClient]:
     """A shared app over the synthetic checkpoint with the in-process cache."""
-    settings = Settings(checkpoint=synthetic.path, redis_url=None, api_key=None, index="flat",
-                        device="cpu", threads=1)
-    with TestClient(create_app(settings)) as test_client:
+    with serving(synthetic.path) as test_client:
         yield test_client
 
 

@@ -12,17 +12,13 @@ from fastapi.testclient import TestClient
 
 from model.checkpoint import load_checkpoint
 from model.decisions import alignment_lines, stored_decisions
-from service.main import create_app
 from service.schemas import AlignmentBatchResponse, AlignmentDecision, AlignResponse
-from service.settings import Settings
-from tests.service.conftest import SyntheticCheckpoint
+from tests.service.conftest import SyntheticCheckpoint, serving
 
 
 @pytest.fixture(scope="module")
 def decided_client(decided: SyntheticCheckpoint) -> Iterator[TestClient]:
-    settings = Settings(checkpoint=decided.path, redis_url=None, api_key=None, index="flat",
-                        device="cpu", threads=1)
-    with TestClient(create_app(settings)) as client:
+    with serving(decided.path) as client:
         yield client
 
 

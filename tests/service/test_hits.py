@@ -12,9 +12,7 @@ from fastapi.testclient import TestClient
 
 from model.checkpoint import load_checkpoint
 from model.ranking import score_form
-from service.main import create_app
-from service.settings import Settings
-from tests.service.conftest import EVAL, SyntheticCheckpoint, build_checkpoint
+from tests.service.conftest import EVAL, SyntheticCheckpoint, build_checkpoint, serving
 
 BATCH = 64
 DIRECTIONS = {"kg1_to_kg2": (0, 1), "kg2_to_kg1": (1, 0)}
@@ -28,9 +26,7 @@ def hard(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCheckpoint:
 
 @pytest.fixture(scope="module")
 def hard_client(hard: SyntheticCheckpoint) -> Iterator[TestClient]:
-    settings = Settings(checkpoint=hard.path, redis_url=None, api_key=None, index="flat",
-                        device="cpu", threads=1)
-    with TestClient(create_app(settings)) as test_client:
+    with serving(hard.path) as test_client:
         yield test_client
 
 
