@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from service.cli import register as register_service
-from training.align_cli import register as register_align
-from training.cli import register as register_training
+from mimea.service.cli import register as register_service
+from mimea.training.align_cli import register as register_align
+from mimea.training.cli import register as register_training
 
 app = typer.Typer(help="MIMEA multi-modal entity alignment.", no_args_is_help=True,
                   add_completion=False, rich_markup_mode=None)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from model.config import load_config  # noqa: E402
-from training.pipeline import run_training  # noqa: E402
+from mimea.model.config import load_config  # noqa: E402
+from mimea.training.pipeline import run_training  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"

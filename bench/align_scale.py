@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 from bench.scale_results import save_rows  # noqa: E402
 from bench.server_process import Server  # noqa: E402
 from bench.sparse_decode import planted  # noqa: E402
-from model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint  # noqa: E402
-from model.config import MIMEAConfig  # noqa: E402
+from mimea.model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint  # noqa: E402
+from mimea.model.config import MIMEAConfig  # noqa: E402
 
 MIMEA = ROOT / ".venv" / "bin" / "mimea"
 QUERIES = 300  # sequential requests per latency figure

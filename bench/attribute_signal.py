@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data import load_kg_pair  # noqa: E402
-from training.evaluation import gold_ranks, ranking_metrics  # noqa: E402
-from training.features import local_name  # noqa: E402
-from training.split import split_pairs  # noqa: E402
+from mimea.training.data import load_kg_pair  # noqa: E402
+from mimea.training.evaluation import gold_ranks, ranking_metrics  # noqa: E402
+from mimea.training.features import local_name  # noqa: E402
+from mimea.training.split import split_pairs  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
 

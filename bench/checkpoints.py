@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the bench process loads torch only when it builds a synthetic checkpoint
     import torch
 
-    from model.checkpoint import EmbeddingTables
+    from mimea.model.checkpoint import EmbeddingTables
 
 ROOT = Path(__file__).resolve().parents[1]
 ZH_EN_DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
@@ -32,7 +32,7 @@ def noisy_copy_embeddings(n1: int, n2: int, n_gold: int, dims: Mapping[str, int]
     import torch
     import torch.nn.functional as F
 
-    from model.checkpoint import EmbeddingTables
+    from mimea.model.checkpoint import EmbeddingTables
 
     modalities = list(dims)
     perm = torch.randperm(n1, generator=gen)[:n_gold]
@@ -61,7 +61,7 @@ def build_synthetic(path: Path, n1: int, n2: int, *, dim: int = 300, seed: int =
     partners, and a fifth of the entities have no image."""
     import torch
 
-    from model.checkpoint import EntityTable, write_checkpoint
+    from mimea.model.checkpoint import EntityTable, write_checkpoint
 
     gen = torch.Generator().manual_seed(seed)
     n_gold = min(n1, n2, max(1, int(0.77 * min(n1, n2))))  # DBP15K: 15,000 of ~19,500

@@ -34,12 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import saved_config  # noqa: E402
-from model.propagation import with_propagation  # noqa: E402
-from training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
-from training.pipeline import learned_columns, prepare, unlabelled_rows  # noqa: E402
-from training.trainer import propagate  # noqa: E402
+from mimea.model.checkpoint import load_checkpoint  # noqa: E402
+from mimea.model.config import saved_config  # noqa: E402
+from mimea.model.propagation import with_propagation  # noqa: E402
+from mimea.training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
+from mimea.training.pipeline import learned_columns, prepare, unlabelled_rows  # noqa: E402
+from mimea.training.trainer import propagate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
 

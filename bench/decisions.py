@@ -40,18 +40,18 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import load_config  # noqa: E402
-from model.decisions import Decisions, stored_decisions  # noqa: E402
-from training.calibration import (  # noqa: E402
+from mimea.model.checkpoint import load_checkpoint  # noqa: E402
+from mimea.model.config import load_config  # noqa: E402
+from mimea.model.decisions import Decisions, stored_decisions  # noqa: E402
+from mimea.training.calibration import (  # noqa: E402
     decide_checkpoint,
     decision_metrics,
     expected_calibration_error,
     record_decisions,
     write_decisions,
 )
-from training.pipeline import run_training, split_rows  # noqa: E402
-from training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from mimea.training.pipeline import run_training, split_rows  # noqa: E402
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ZH_EN = Path("/work/ckpts/zh_en")

@@ -46,9 +46,9 @@ def measure_floor(checkpoint: Path, threads: int, repeats: int,
     import numpy as np
     import torch
 
-    from service.aligner import Aligner
-    from service.index import build_index, set_threads
-    from service.settings import Settings
+    from mimea.service.aligner import Aligner
+    from mimea.service.index import build_index, set_threads
+    from mimea.service.settings import Settings
 
     aligner = Aligner.load(Settings(checkpoint=checkpoint, device="cpu", index="flat",
                                     threads=threads, redis_url=None,

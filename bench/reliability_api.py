@@ -3,7 +3,7 @@
     python bench/reliability_api.py [--checkpoint DIR] [--entities 8000] \
         [--out bench/results/reliability_api.json]
 
-Starts ``python -m service.cli serve`` on 127.0.0.1 (``bench/server_process.py``) with an API
+Starts ``python -m mimea.service.cli serve`` on 127.0.0.1 (``bench/server_process.py``) with an API
 key and, when one answers, Redis; the checkpoint is ``--checkpoint`` or a synthetic one with
 ``--entities`` per KG and 3 modalities x 300-d (``bench/checkpoints.py``). Every case is bounded
 in requests and seconds and only talks to that server:

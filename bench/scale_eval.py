@@ -32,15 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.scale_results import save_rows  # noqa: E402
-from model.checkpoint import (  # noqa: E402
+from mimea.model.checkpoint import (  # noqa: E402
     EmbeddingTables,
     EntityTable,
     load_checkpoint,
     write_checkpoint,
 )
-from model.config import MIMEAConfig  # noqa: E402
-from training.data import load_kg_pair  # noqa: E402
-from training.split import split_pairs  # noqa: E402
+from mimea.model.config import MIMEAConfig  # noqa: E402
+from mimea.training.data import load_kg_pair  # noqa: E402
+from mimea.training.split import split_pairs  # noqa: E402
 
 
 def planted_checkpoint(data_dir: Path, out: Path, *, dim: int, noise: float,
@@ -83,7 +83,7 @@ def planted_checkpoint(data_dir: Path, out: Path, *, dim: int, noise: float,
 
 def add_terms(checkpoint: Path) -> None:
     """Rewrite ``checkpoint`` with the ranking terms the service needs (timed by the caller)."""
-    from training.pipeline import stored_ranking_terms
+    from mimea.training.pipeline import stored_ranking_terms
 
     ckpt = load_checkpoint(checkpoint, with_weights=True)
     config = MIMEAConfig.model_validate(ckpt.config["config"])

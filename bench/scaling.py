@@ -32,7 +32,7 @@ def measure_scaling(sizes: list[int], dim: int, n_queries: int, hnsw_max: int,
     import numpy as np
     import torch
 
-    from service.index import build_index, set_threads
+    from mimea.service.index import build_index, set_threads
 
     rows: list[dict[str, Any]] = []
     for n in sizes:

@@ -4,8 +4,8 @@
 
 1. Floor: in this process, the FAISS search alone (one query, a batch) and a brute-force torch
    matmul ranking, on the same checkpoint and thread count as the server (``bench/floor.py``).
-2. Load: ``python -m service.cli serve`` in its own process (``bench/server_process.py``), driven
-   by a separate load process (``bench/loadgen.py``: raw HTTP/1.1 keep-alive over asyncio
+2. Load: ``python -m mimea.service.cli serve`` in its own process (``bench/server_process.py``),
+   driven by a separate load process (``bench/loadgen.py``: raw HTTP/1.1 keep-alive over asyncio
    streams, uvloop when installed: far cheaper per request than a general client, so on a 2-core
    machine it measures the server, not itself). Routes ``GET /candidates/{e}?k=10`` and
    ``POST /align``, cache off / cold Redis / warm Redis, at concurrency 1, 8 and 32, by the

@@ -1,4 +1,5 @@
-"""The service under test: ``python -m service.cli serve`` in its own process, and its Redis."""
+"""The service under test: ``python -m mimea.service.cli serve`` in its own process, and its
+Redis."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ NAMESPACE = "mimea-bench"
 
 
 class Server:
-    """``python -m service.cli serve`` on a free loopback port, configured by environment, from
-    this checkout or from the one at ``root`` (another version, to compare with)."""
+    """``python -m mimea.service.cli serve`` on a free loopback port, configured by environment,
+    from this checkout or from the one at ``root`` (another version, to compare with)."""
 
     def __init__(self, checkpoint: Path, log: Path, env: dict[str, str], *,
                  startup_s: float = 300, root: Path = ROOT) -> None:
@@ -27,8 +28,8 @@ class Server:
                     "MIMEA_LOG_LEVEL": "WARNING", "MIMEA_DEVICE": "cpu", **env}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--checkpoint", str(checkpoint),
-                 "--port", str(self.port)], cwd=root, env=full_env, stdout=out,
+                [sys.executable, "-m", "mimea.service.cli", "serve", "--checkpoint",
+                 str(checkpoint), "--port", str(self.port)], cwd=root, env=full_env, stdout=out,
                 stderr=subprocess.STDOUT)
         import httpx
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.scale_results import save_rows  # noqa: E402
-from model.similarity import (  # noqa: E402
+from mimea.model.similarity import (  # noqa: E402
     candidate_edges,
     csls_means,
     csls_scores,

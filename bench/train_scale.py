@@ -34,9 +34,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import MIMEAConfig, load_config  # noqa: E402
-from training.pipeline import prepare, unlabelled_rows  # noqa: E402
-from training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model  # noqa: E402
+from mimea.model.config import MIMEAConfig, load_config  # noqa: E402
+from mimea.training.pipeline import prepare, unlabelled_rows  # noqa: E402
+from mimea.training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 PLOT = ROOT / "bench" / "results" / "train_scale.png"

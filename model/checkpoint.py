@@ -76,7 +76,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.identifiers import identifier_problem, strip_bom
+from mimea.model.identifiers import identifier_problem, strip_bom
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model.propagation import label_width
+from mimea.model.propagation import label_width
 
 MODALITIES = ("structure", "relation", "attribute", "visual")
 

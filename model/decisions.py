@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CONFIG_FILE,
     DECISIONS_KEY,
     Checkpoint,
@@ -34,9 +34,9 @@ from model.checkpoint import (
     DecisionTables,
     EntityTable,
 )
-from model.config import EvalConfig
-from model.ranking import ranking_terms
-from model.similarity import segment_logsumexp
+from mimea.model.config import EvalConfig
+from mimea.model.ranking import ranking_terms
+from mimea.model.similarity import segment_logsumexp
 
 MATCH, SEED, NO_MATCH = "match", "seed", "no_match"
 PLAN_FEATURES = ("plan_row", "plan_col")

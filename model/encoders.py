@@ -15,7 +15,7 @@ from torch import nn
 from torch_geometric.nn import GATConv, SimpleConv
 from torch_geometric.utils import add_self_loops, scatter
 
-from model.reflection import RelationGroups, RelationReflectionConv
+from mimea.model.reflection import RelationGroups, RelationReflectionConv
 
 
 class StructureEncoder(nn.Module):

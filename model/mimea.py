@@ -9,10 +9,10 @@ from typing import Self
 import torch
 from torch import nn
 
-from model.config import MODALITIES, ModelConfig
-from model.encoders import FeatureEncoder, StructureEncoder
-from model.fusion import FusionOutput, ProbabilityGuidedFusion
-from model.ot_alignment import OTModalAlignment
+from mimea.model.config import MODALITIES, ModelConfig
+from mimea.model.encoders import FeatureEncoder, StructureEncoder
+from mimea.model.fusion import FusionOutput, ProbabilityGuidedFusion
+from mimea.model.ot_alignment import OTModalAlignment
 
 
 @dataclass(frozen=True)

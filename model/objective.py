@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-from model.config import LossConfig, ModelConfig
-from model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
-from model.mimea import MIMEA, GraphInputs, MIMEAOutput
+from mimea.model.config import LossConfig, ModelConfig
+from mimea.model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
+from mimea.model.mimea import MIMEA, GraphInputs, MIMEAOutput
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """Seed pairs ``(left[i], right[i])`` as two entity index tensors ``[B]``."""

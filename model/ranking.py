@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from model.similarity import (
+from mimea.model.similarity import (
     FLAT_MAX_KEYS,
     candidate_edges,
     csls_means,

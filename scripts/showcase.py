@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from model.config import saved_config  # noqa: E402
-from model.ranking import score_form  # noqa: E402
-from model.similarity import normalise  # noqa: E402
-from training.pipeline import split_rows  # noqa: E402
+from mimea.model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from mimea.model.config import saved_config  # noqa: E402
+from mimea.model.ranking import score_form  # noqa: E402
+from mimea.model.similarity import normalise  # noqa: E402
+from mimea.training.pipeline import split_rows  # noqa: E402
 
 
 def served_scores(checkpoint: Checkpoint, sources: torch.Tensor) -> tuple[torch.Tensor,

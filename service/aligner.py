@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import Checkpoint, load_checkpoint
-from model.device import resolve_device
-from model.ranking import Ranking
-from service.alignment import PairEvidence, ServedAlignment, propagated_cosine
-from service.directory import KGS, EntityDirectory
-from service.errors import StartupError
-from service.index import set_threads
-from service.responses import align_answers, alignment_answers, candidates_answers
-from service.scoring import ScoredPairs, Scorer
-from service.settings import Settings
+from mimea.model.checkpoint import Checkpoint, load_checkpoint
+from mimea.model.device import resolve_device
+from mimea.model.ranking import Ranking
+from mimea.service.alignment import PairEvidence, ServedAlignment, propagated_cosine
+from mimea.service.directory import KGS, EntityDirectory
+from mimea.service.errors import StartupError
+from mimea.service.index import set_threads
+from mimea.service.responses import align_answers, alignment_answers, candidates_answers
+from mimea.service.scoring import ScoredPairs, Scorer
+from mimea.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

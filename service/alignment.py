@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint, EntityTable
-from model.config import saved_config
-from model.decisions import (
+from mimea.model.checkpoint import Checkpoint, EntityTable
+from mimea.model.config import saved_config
+from mimea.model.decisions import (
     AGREEMENT_PREFIX,
     MAX_LOG_ODDS,
     PROPAGATED,

@@ -3,7 +3,7 @@
 The settings are validated and the checkpoint is loaded before uvicorn starts, so bad input ends
 the command with one ``error: ...`` line instead of a server traceback. Exit status: 2 for bad
 input (settings, checkpoint), 1 for a runtime failure (e.g. no GPU for ``--device cuda``).
-``python -m service.cli serve ...`` runs the same command without the training package.
+``python -m mimea.service.cli serve ...`` runs the same command without the training package.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from model.checkpoint import CheckpointError
-from service.index import IndexKind
-from service.settings import DeviceName, LogLevel
+from mimea.model.checkpoint import CheckpointError
+from mimea.service.index import IndexKind
+from mimea.service.settings import DeviceName, LogLevel
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def serve(
     """Serve a checkpoint over HTTP. Options override MIMEA_* environment settings."""
     import uvicorn
 
-    from service.aligner import Aligner
-    from service.errors import StartupError
-    from service.main import create_app
-    from service.protocol import guarded_protocol
-    from service.settings import Settings
+    from mimea.service.aligner import Aligner
+    from mimea.service.errors import StartupError
+    from mimea.service.main import create_app
+    from mimea.service.protocol import guarded_protocol
+    from mimea.service.settings import Settings
 
     overrides: dict[str, Any] = {
         "checkpoint": checkpoint, "redis_url": redis_url, "log_level": log_level,
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """Standalone entry point (``python -m service.cli``)."""
+    """Standalone entry point (``python -m mimea.service.cli``)."""
     cli = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="MIMEA alignment service.")
 

@@ -10,8 +10,8 @@ import bisect
 
 import numpy as np
 
-from model.checkpoint import EntityTable
-from service.suggest import PROBE_CHARS, Suggester
+from mimea.model.checkpoint import EntityTable
+from mimea.service.suggest import PROBE_CHARS, Suggester
 
 KGS = (1, 2)
 

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 import torch
 
-from model.similarity import IVF_TRAIN_PER_LIST
+from mimea.model.similarity import IVF_TRAIN_PER_LIST
 
 logger = logging.getLogger(__name__)
 

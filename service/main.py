@@ -3,8 +3,8 @@
 ``create_app`` only wires routers, middleware and error handlers. ``lifespan`` loads the
 checkpoint (or takes one the CLI already loaded), builds the indexes and the cache, keeps them on
 ``app.state`` and closes them in ``finally``. Any loading error propagates, so the server never
-starts half-loaded. For ``uvicorn --factory service.main:create_app`` the settings come from the
-``MIMEA_*`` environment.
+starts half-loaded. For ``uvicorn --factory mimea.service.main:create_app`` the settings come
+from the ``MIMEA_*`` environment.
 
 ``/docs`` and ``/redoc`` load their scripts and styles from the app itself (``api/routes/docs``),
 so they work where no CDN can be reached; ``/`` is the alignment explorer, whose files are in
@@ -22,8 +22,8 @@ import anyio
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from service.aligner import Aligner
-from service.api.routes import (
+from mimea.service.aligner import Aligner
+from mimea.service.api.routes import (
     align,
     alignment,
     candidates,
@@ -33,12 +33,12 @@ from service.api.routes import (
     model,
     pages,
 )
-from service.cache import build_cache
-from service.errors import install_error_handlers
-from service.limits import BodyLimitMiddleware
-from service.metrics import Metrics, MetricsMiddleware
-from service.serving import AlignmentService
-from service.settings import Settings
+from mimea.service.cache import build_cache
+from mimea.service.errors import install_error_handlers
+from mimea.service.limits import BodyLimitMiddleware
+from mimea.service.metrics import Metrics, MetricsMiddleware
+from mimea.service.serving import AlignmentService
+from mimea.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, EmbeddingTables
-from model.config import EvalConfig
-from model.ranking import RANKINGS, Ranking, score_form
-from service.errors import ServiceError
+from mimea.model.checkpoint import CheckpointError, EmbeddingTables
+from mimea.model.config import EvalConfig
+from mimea.model.ranking import RANKINGS, Ranking, score_form
+from mimea.service.errors import ServiceError
 
 DEFAULT_CSLS_K = 10  # for checkpoints that do not say which k they were evaluated with
 MAX_CSLS_K = 100  # as Settings.csls_k: computing r at load costs a k-NN search per entity

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from model.decisions import AlignmentRow
-from model.ranking import RANKINGS, Ranking
-from service.directory import EntityDirectory
-from service.scoring import ScoredPairs
+from mimea.model.decisions import AlignmentRow
+from mimea.model.ranking import RANKINGS, Ranking
+from mimea.service.directory import EntityDirectory
+from mimea.service.scoring import ScoredPairs
 
 
 def _listed(values: np.ndarray | None, n: int) -> list[Any]:

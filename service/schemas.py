@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.ranking import Ranking
-from service.errors import ErrorBody
+from mimea.model.ranking import Ranking
+from mimea.service.errors import ErrorBody
 
 MAX_K = 1000
 MAX_BATCH = 1024

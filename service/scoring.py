@@ -15,19 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint
-from model.ranking import Ranking
-from model.similarity import csls_means, normalise, topk_candidates
-from service.directory import KGS, EntityDirectory
-from service.index import KGIndex, build_index
-from service.rankings import (
+from mimea.model.checkpoint import Checkpoint
+from mimea.model.ranking import Ranking
+from mimea.model.similarity import csls_means, normalise, topk_candidates
+from mimea.service.directory import KGS, EntityDirectory
+from mimea.service.index import KGIndex, build_index
+from mimea.service.rankings import (
     Rankings,
     evaluated_csls_k,
     headline,
     plan_of,
     stored_csls_r,
 )
-from service.settings import Settings
+from mimea.service.settings import Settings
 
 SIMS_FLOATS = 1 << 22  # bounds the gathered modality rows (16 MB) of one similarity step
 

@@ -19,15 +19,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from model.ranking import Ranking
-from service.aligner import Aligner
-from service.alignment import ServedAlignment
-from service.batcher import MicroBatcher
-from service.cache import ResponseCache
-from service.errors import EntityNotFound, ServiceError
-from service.index import set_threads
-from service.metrics import Metrics
-from service.settings import Settings
+from mimea.model.ranking import Ranking
+from mimea.service.aligner import Aligner
+from mimea.service.alignment import ServedAlignment
+from mimea.service.batcher import MicroBatcher
+from mimea.service.cache import ResponseCache
+from mimea.service.errors import EntityNotFound, ServiceError
+from mimea.service.index import set_threads
+from mimea.service.metrics import Metrics
+from mimea.service.settings import Settings
 
 T = TypeVar("T")
 V = TypeVar("V")

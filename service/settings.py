@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 
-from service.index import IndexKind, Precision
+from mimea.service.index import IndexKind, Precision
 
 # Named once, for the settings and for the choices of ``mimea serve``'s options.
 DeviceName = Literal["auto", "cpu", "cuda"]

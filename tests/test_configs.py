@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.config import MIMEAConfig, load_config
+from mimea.model.config import MIMEAConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

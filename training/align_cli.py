@@ -20,10 +20,10 @@ from typing import IO, Annotated
 
 import typer
 
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.decisions import FORMATS, Decisions, alignment_lines, stored_decisions
-from training.cli import BAD_INPUT, RUNTIME_FAILURE, _fail
-from training.data import DataError
+from mimea.model.checkpoint import CheckpointError, load_checkpoint
+from mimea.model.decisions import FORMATS, Decisions, alignment_lines, stored_decisions
+from mimea.training.cli import BAD_INPUT, RUNTIME_FAILURE, _fail
+from mimea.training.data import DataError
 
 Opt = typer.Option
 
@@ -81,14 +81,14 @@ def _check_options(out: Path, format_: str, min_probability: float | None) -> No
 
 
 def _decide(checkpoint: Path, data: Path | None) -> Decisions:
-    from training.calibration import decide_checkpoint
+    from mimea.training.calibration import decide_checkpoint
 
     typer.echo(f"{checkpoint} stores no decisions; deciding them now", err=True)
     return decide_checkpoint(checkpoint, data_dir=data)
 
 
 def _store(checkpoint: Path, decisions: Decisions) -> None:
-    from training.calibration import write_decisions
+    from mimea.training.calibration import write_decisions
 
     version = write_decisions(checkpoint, decisions)
     typer.echo(f"stored the decisions in {checkpoint} (model version {version})", err=True)

@@ -30,15 +30,15 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     DECISIONS_KEY,
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     write_checkpoint,
 )
-from model.config import MIMEAConfig, saved_config
-from model.decisions import (
+from mimea.model.config import MIMEAConfig, saved_config
+from mimea.model.decisions import (
     PLAN_FEATURES,
     Calibration,
     Decisions,
@@ -47,12 +47,12 @@ from model.decisions import (
     assemble,
     decode_pools,
 )
-from model.mimea import GraphInputs
-from model.propagation import with_propagation
-from training import pipeline
-from training.data import load_kg_pair
-from training.features import build_graph
-from training.trainer import propagate
+from mimea.model.mimea import GraphInputs
+from mimea.model.propagation import with_propagation
+from mimea.training import pipeline
+from mimea.training.data import load_kg_pair
+from mimea.training.features import build_graph
+from mimea.training.trainer import propagate
 
 logger = logging.getLogger(__name__)
 

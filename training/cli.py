@@ -14,11 +14,11 @@ from typing import Annotated, Any
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.checkpoint import Checkpoint, CheckpointError
-from model.config import ConfigError, DataConfig, MIMEAConfig, TrainingConfig, load_config
-from model.finite import NonFiniteError
-from training.data import DataError
-from training.progress import Phases, format_seconds, process_start
+from mimea.model.checkpoint import Checkpoint, CheckpointError
+from mimea.model.config import ConfigError, DataConfig, MIMEAConfig, TrainingConfig, load_config
+from mimea.model.finite import NonFiniteError
+from mimea.training.data import DataError
+from mimea.training.progress import Phases, format_seconds, process_start
 
 Opt = typer.Option
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -53,7 +53,7 @@ def demo_data(
                                    help="replace an earlier demo pair in --out")] = False,
 ) -> None:
     """Write a synthetic multi-modal KG pair with a known gold alignment."""
-    from training.synthetic import SyntheticSpec, write_synthetic_pair
+    from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
     try:
         spec = SyntheticSpec(num_entities=entities, seed=seed, dangling=dangling)
@@ -103,7 +103,7 @@ def train(
     phases = Phases(process_start())
     import torch
 
-    from training.pipeline import train_checkpoint
+    from mimea.training.pipeline import train_checkpoint
 
     overrides = list(set_ or [])
     for key, value in (("data.train_ratio", train_ratio), ("training.seed", seed),
@@ -113,7 +113,7 @@ def train(
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = _load(config, overrides)
     if workers > 1:
-        from training.distributed import launch, worker_args
+        from mimea.training.distributed import launch, worker_args
 
         code = launch(workers, worker_args(data, out, config, overrides, visual=visual,
                                            allow_pickle=allow_pickle, quiet=quiet,
@@ -171,7 +171,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint's joint embeddings on its own held-out pairs."""
     phases = Phases(process_start())
-    from training.pipeline import evaluate_checkpoint
+    from mimea.training.pipeline import evaluate_checkpoint
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
@@ -188,8 +188,8 @@ def report(
     out: Annotated[Path, Opt(help="HTML file to write")] = Path("report.html"),
 ) -> None:
     """Draw a checkpoint's training report again: one HTML page with its figures embedded."""
-    from model.checkpoint import load_checkpoint
-    from training.report import checkpoint_record, render_report
+    from mimea.model.checkpoint import load_checkpoint
+    from mimea.training.report import checkpoint_record, render_report
 
     if out.is_dir():
         raise _fail(f"--out {out} is a directory; name a file")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.identifiers import identifier_problem, strip_bom
+from mimea.model.identifiers import identifier_problem, strip_bom
 
 logger = logging.getLogger(__name__)
 

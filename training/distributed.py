@@ -21,14 +21,14 @@ import torch.distributed as dist
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.checkpoint import CheckpointError
-from model.config import ConfigError, load_config
-from model.device import resolve_device
-from model.finite import NonFiniteError
-from training.cli import BAD_INPUT, LOG_FORMAT, RUNTIME_FAILURE, _fail, training_outcome
-from training.data import DataError
-from training.progress import Phases, process_start
-from training.trainer import Shard
+from mimea.model.checkpoint import CheckpointError
+from mimea.model.config import ConfigError, load_config
+from mimea.model.device import resolve_device
+from mimea.model.finite import NonFiniteError
+from mimea.training.cli import BAD_INPUT, LOG_FORMAT, RUNTIME_FAILURE, _fail, training_outcome
+from mimea.training.data import DataError
+from mimea.training.progress import Phases, process_start
+from mimea.training.trainer import Shard
 
 # Rank 0 evaluates and writes the checkpoint (minutes on a large pair) while the other ranks
 # wait at a barrier; the process group's default 30-minute timeout could end the run there.
@@ -86,7 +86,7 @@ def main(
 ) -> None:
     """One process of data-parallel training (torchrun sets its rank and the rendezvous)."""
     phases = Phases(process_start())
-    from training.pipeline import train_checkpoint
+    from mimea.training.pipeline import train_checkpoint
 
     torch.set_flush_denormal(True)  # see training.cli.train
     try:

@@ -18,9 +18,9 @@ from typing import Literal
 
 import torch
 
-from model.finite import require_finite
-from model.ranking import Ranking, ScoreForm, ranking_terms, score_form
-from model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
+from mimea.model.finite import require_finite
+from mimea.model.ranking import Ranking, ScoreForm, ranking_terms, score_form
+from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
 CHUNK = 4096

@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.mimea import GraphInputs
-from training.data import KGPairData
+from mimea.model.mimea import GraphInputs
+from mimea.training.data import KGPairData
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     ENTITIES_FILE,
     SPLIT_FILE,
     Checkpoint,
@@ -22,19 +22,19 @@ from model.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_config
-from model.device import resolve_device
-from model.finite import require_finite
-from model.mimea import GraphInputs
-from model.ranking import Ranking, ranking_terms, serving_terms
-from training import calibration
-from training.data import KGPairData, load_kg_pair
-from training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
-from training.features import FeatureOptions, build_modal_inputs
-from training.progress import Phases, StepBar
-from training.report import RunRecord, render_report
-from training.split import AlignmentSplit, split_pairs
-from training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
+from mimea.model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_config
+from mimea.model.device import resolve_device
+from mimea.model.finite import require_finite
+from mimea.model.mimea import GraphInputs
+from mimea.model.ranking import Ranking, ranking_terms, serving_terms
+from mimea.training import calibration
+from mimea.training.data import KGPairData, load_kg_pair
+from mimea.training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
+from mimea.training.features import FeatureOptions, build_modal_inputs
+from mimea.training.progress import Phases, StepBar
+from mimea.training.report import RunRecord, render_report
+from mimea.training.split import AlignmentSplit, split_pairs
+from mimea.training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from model.checkpoint import HISTORY_FILE, Checkpoint, CheckpointError
+from mimea.model.checkpoint import HISTORY_FILE, Checkpoint, CheckpointError
 
 LOSS_KEYS = ("total", "joint", "modal", "ot", "kl")
 # Upper bounds of the rank histogram's buckets: 1, 2-3, 4-10, 11-30, 31-100, ...

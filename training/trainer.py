@@ -23,12 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from model.config import MIMEAConfig, TrainingConfig
-from model.finite import NonFiniteError, require_finite
-from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
-from model.objective import StepObjective
-from model.propagation import propagate_seed_labels, with_propagation
-from training.evaluation import mutual_nearest_pairs, validation_metrics
+from mimea.model.config import MIMEAConfig, TrainingConfig
+from mimea.model.finite import NonFiniteError, require_finite
+from mimea.model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
+from mimea.model.objective import StepObjective
+from mimea.model.propagation import propagate_seed_labels, with_propagation
+from mimea.training.evaluation import mutual_nearest_pairs, validation_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from service.errors import ServiceError
-from service.serving import AlignmentService
+from mimea.service.errors import ServiceError
+from mimea.service.serving import AlignmentService
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Required when the service sets MIMEA_API_KEY.")

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import attribute_signal  # noqa: E402
 
-from training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
 
 
 def test_ranks_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.floor import rescored_agreement
-from service.index import build_index
+from mimea.service.index import build_index
 
 
 def _unit(rows: np.ndarray) -> torch.Tensor:

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain `pytest` from a checkout that is not pip-installed
     sys.path.insert(0, str(ROOT))
 
-from model.config import MODALITIES, ModelConfig  # noqa: E402
-from model.mimea import GraphInputs  # noqa: E402
+from mimea.model.config import MODALITIES, ModelConfig  # noqa: E402
+from mimea.model.mimea import GraphInputs  # noqa: E402
 
 NUM_ENTITIES = 40
 NUM_EDGE_TYPES = 5

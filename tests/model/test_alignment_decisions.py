@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CONFIG_FILE,
     DECISIONS_FILE,
     CheckpointError,
@@ -21,8 +21,8 @@ from model.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from model.config import EvalConfig
-from model.decisions import (
+from mimea.model.config import EvalConfig
+from mimea.model.decisions import (
     MATCH,
     NO_MATCH,
     PROPAGATED,

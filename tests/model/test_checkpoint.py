@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CONFIG_FILE,
     DATA_FILES,
     FORMAT_VERSION,
@@ -331,7 +331,7 @@ def _legacy_checkpoint(path: Path, seed: int = 0) -> str:
 def test_format_1_loads_unverified_with_a_warning(tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     version = _legacy_checkpoint(tmp_path / "old")
-    with caplog.at_level(logging.WARNING, logger="model.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mimea.model.checkpoint"):
         loaded = load_checkpoint(tmp_path / "old", with_weights=True)
     assert loaded.model_version == version and loaded.config["format_version"] == 1
     assert "format_version 1" in caplog.text and "not verified" in caplog.text

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CONFIG_FILE,
     DATA_FILES,
     EMBEDDINGS_FILE,

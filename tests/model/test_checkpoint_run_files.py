@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CONFIG_FILE,
     HISTORY_FILE,
     REPORT_FILE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import MODALITIES, ConfigError, MIMEAConfig, load_config, saved_config
+from mimea.model.config import MODALITIES, ConfigError, MIMEAConfig, load_config, saved_config
 
 SETTINGS = {"model": {"hidden_dim": 64, "ot_alignment": False, "modalities": {"visual": False}},
             "training": {"epochs": 7, "lr": 0.002}}

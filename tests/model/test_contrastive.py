@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.contrastive import (
+from mimea.model.contrastive import (
     infonce_pair_loss,
     lse_pair_loss,
     modal_adaptive_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoders import FeatureEncoder, ProxyMatching, StructureEncoder
+from mimea.model.encoders import FeatureEncoder, ProxyMatching, StructureEncoder
 
 N, D = 12, 8
 CONVS = pytest.mark.parametrize("conv", ["gat", "reflection"])

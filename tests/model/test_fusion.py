@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from model.fusion import MIN_CONCENTRATION, FusionOutput, ProbabilityGuidedFusion
+from mimea.model.fusion import MIN_CONCENTRATION, FusionOutput, ProbabilityGuidedFusion
 
 DIMS = [6, 4, 5]
 N = 10

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from model.config import MODALITIES, ModelConfig
-from model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
+from mimea.model.config import MODALITIES, ModelConfig
+from mimea.model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 
 N = 40  # entities of the graph_inputs fixture
 ConfigFactory = Callable[..., ModelConfig]

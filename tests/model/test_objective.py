@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from model.config import LossConfig, ModelConfig
-from model.mimea import MIMEA, GraphInputs, active_modalities
-from model.objective import alignment_objective
+from mimea.model.config import LossConfig, ModelConfig
+from mimea.model.mimea import MIMEA, GraphInputs, active_modalities
+from mimea.model.objective import alignment_objective
 
 ConfigFactory = Callable[..., ModelConfig]
 Pairs = tuple[torch.Tensor, torch.Tensor]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.ot_alignment import OTModalAlignment, cosine_cost, transport_plan
+from mimea.model.ot_alignment import OTModalAlignment, cosine_cost, transport_plan
 
 B, D = 12, 8
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch_geometric.utils import coalesce
 
-import model.propagation
-from model.propagation import label_width, propagate_seed_labels, with_propagation
+import mimea.model.propagation
+from mimea.model.propagation import label_width, propagate_seed_labels, with_propagation
 
 
 def _typed_graph(triples: torch.Tensor, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +60,7 @@ def test_coalesce_deduplicates_edges_as_unique_did(monkeypatch: pytest.MonkeyPat
     assert torch.equal(coalesce(empty, num_nodes=n), torch.unique(empty, dim=1))
 
     labels = propagate_seed_labels(edge_index, edge_type, n, gold[:40], dim=16)
-    monkeypatch.setattr(model.propagation, "coalesce",
+    monkeypatch.setattr(mimea.model.propagation, "coalesce",
                         lambda index, num_nodes: torch.unique(index, dim=1))
     assert torch.equal(propagate_seed_labels(edge_index, edge_type, n, gold[:40], dim=16),
                        labels)

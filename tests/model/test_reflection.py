@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.reflection import RelationGroups, RelationReflectionConv
+from mimea.model.reflection import RelationGroups, RelationReflectionConv
 
 D = 6
 

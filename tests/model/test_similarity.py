@@ -8,7 +8,7 @@ import ot
 import pytest
 import torch
 
-from model.similarity import (
+from mimea.model.similarity import (
     augmented_keys,
     augmented_query,
     build_ip_index,

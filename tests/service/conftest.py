@@ -17,12 +17,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from bench.checkpoints import noisy_copy_embeddings
-from model.checkpoint import EntityTable, write_checkpoint
-from model.ranking import serving_terms
-from service.main import create_app
-from service.settings import Settings
+from mimea.model.checkpoint import EntityTable, write_checkpoint
+from mimea.model.ranking import serving_terms
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
+from mimea.training.calibration import decide_checkpoint, write_decisions
 from tests.service.redis_process import RedisProcess
-from training.calibration import decide_checkpoint, write_decisions
 
 DIMS = {"structure": 32, "relation": 16, "attribute": 16, "visual": 24}
 N1, N2, N_GOLD = 300, 320, 300

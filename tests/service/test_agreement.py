@@ -12,10 +12,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.checkpoint import load_checkpoint
-from model.ranking import RANKINGS, score_form
-from service.main import create_app
-from service.settings import Settings
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.ranking import RANKINGS, score_form
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
 from tests.service.conftest import EVAL
 
 REG = EVAL["sinkhorn_reg"]

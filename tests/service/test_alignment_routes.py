@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.checkpoint import load_checkpoint
-from model.decisions import alignment_lines, stored_decisions
-from service.schemas import AlignmentBatchResponse, AlignmentDecision, AlignResponse
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.decisions import alignment_lines, stored_decisions
+from mimea.service.schemas import AlignmentBatchResponse, AlignmentDecision, AlignResponse
 from tests.service.conftest import SyntheticCheckpoint, serving
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bench.server_process import Server
-from model.checkpoint import DecisionTables, EmbeddingTables, EntityTable, write_checkpoint
-from model.decisions import Calibration, Decisions
+from mimea.model.checkpoint import DecisionTables, EmbeddingTables, EntityTable, write_checkpoint
+from mimea.model.decisions import Calibration, Decisions
 
 PER_KG = 60_000
 MATCHED = 48_000  # KG1 row i and KG2 row i are the same entity for i < MATCHED

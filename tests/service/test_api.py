@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.schemas import (
+from mimea.service.main import create_app
+from mimea.service.schemas import (
     AlignBatchResponse,
     AlignResponse,
     CandidatesBatchResponse,
@@ -18,7 +18,7 @@ from service.schemas import (
     ModelInfo,
     ReadyResponse,
 )
-from service.settings import Settings
+from mimea.service.settings import Settings
 
 KG1_MID = "/m/0abc000"
 KG1_URI = "http://example.org/resource/A_(b)1"

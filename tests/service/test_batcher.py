@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import MicroBatcher
+from mimea.service.batcher import MicroBatcher
 
 WAIT_S = 30.0  # bounds every wait on a signal: a broken batcher fails instead of hanging
 

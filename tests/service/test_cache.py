@@ -9,9 +9,9 @@ from collections.abc import Callable
 import redis
 from fastapi.testclient import TestClient
 
-from service.cache import LRUCache
-from service.main import create_app
-from service.settings import Settings
+from mimea.service.cache import LRUCache
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
 from tests.service.redis_process import RedisProcess
 
 ENTITY = "/m/0abc000"

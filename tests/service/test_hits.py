@@ -10,8 +10,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.checkpoint import load_checkpoint
-from model.ranking import score_form
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.ranking import score_form
 from tests.service.conftest import EVAL, SyntheticCheckpoint, build_checkpoint, serving
 
 BATCH = 64

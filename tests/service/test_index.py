@@ -10,11 +10,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.similarity import IVF_TRAIN_PER_LIST
-from service import index as index_module
-from service.index import build_index
-from service.main import create_app
-from service.settings import Settings
+from mimea.model.similarity import IVF_TRAIN_PER_LIST
+from mimea.service import index as index_module
+from mimea.service.index import build_index
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
 
 
 def _unit(n: int, dim: int, seed: int) -> torch.Tensor:

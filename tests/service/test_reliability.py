@@ -16,11 +16,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import service.scoring as scoring_module
-from service.limits import BodyLimitMiddleware
-from service.main import create_app
-from service.settings import Settings
-from service.suggest import Suggester
+import mimea.service.scoring as scoring_module
+from mimea.service.limits import BodyLimitMiddleware
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
+from mimea.service.suggest import Suggester
 from tests.service.redis_process import RedisProcess
 
 KG1_MID = "/m/0abc000"

@@ -21,8 +21,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from service.main import create_app
-from service.settings import Settings
+from mimea.service.main import create_app
+from mimea.service.settings import Settings
 
 pytestmark = pytest.mark.slow  # some thirty generated requests per operation
 

@@ -1,4 +1,4 @@
-"""A real uvicorn process (``python -m service.cli serve``) queried over HTTP with httpx."""
+"""A real uvicorn process (``python -m mimea.service.cli serve``) queried over HTTP with httpx."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.server_process import Server
-from model.checkpoint import load_checkpoint
+from mimea.model.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # starts a server process
 

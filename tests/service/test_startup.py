@@ -18,12 +18,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
-from service.cli import register
-from service.errors import StartupError
-from service.main import create_app
-from service.rankings import evaluated_csls_k
-from service.settings import Settings
+from mimea.model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from mimea.service.cli import register
+from mimea.service.errors import StartupError
+from mimea.service.main import create_app
+from mimea.service.rankings import evaluated_csls_k
+from mimea.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,7 +175,8 @@ def test_cli_runtime_failure_exits_1(synthetic) -> None:
 def test_cli_port_in_use_exits_1_before_loading(synthetic,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[Settings] = []
-    monkeypatch.setattr("service.aligner.Aligner.load", lambda settings: loaded.append(settings))
+    monkeypatch.setattr("mimea.service.aligner.Aligner.load",
+                        lambda settings: loaded.append(settings))
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -210,7 +211,7 @@ def test_cli_choices_reach_the_settings(synthetic, monkeypatch: pytest.MonkeyPat
         seen.append(settings)
         raise CheckpointError("stop before serving")
 
-    monkeypatch.setattr("service.aligner.Aligner.load", load)
+    monkeypatch.setattr("mimea.service.aligner.Aligner.load", load)
     result = CliRunner().invoke(_cli(), ["serve", "--checkpoint", str(synthetic.path),
                                          "--index", "ivf", "--device", "cpu",
                                          "--log-level", "warning"])
@@ -229,7 +230,7 @@ def test_serve_subprocess_fails_with_one_line_and_exit_2(tmp_path: Path, args: l
                                                          env: dict[str, str],
                                                          expected: str) -> None:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", *args],
+    proc = subprocess.run([sys.executable, "-m", "mimea.service.cli", "serve", *args],
                           capture_output=True, text=True, env=full_env, cwd=tmp_path,
                           timeout=300)
     assert proc.returncode == 2

@@ -12,14 +12,14 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from mimea_cli import app
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     EMBEDDINGS_FILE,
     ENTITIES_FILE,
     EmbeddingTables,
     load_checkpoint,
     write_checkpoint,
 )
+from mimea_cli import app
 
 PairWriter = Callable[..., Path]
 runner = CliRunner()

@@ -16,8 +16,8 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from mimea.model.checkpoint import CONFIG_FILE
 from mimea_cli import app
-from model.checkpoint import CONFIG_FILE
 from tests.training.conftest import TINY_OVERRIDES
 
 runner = CliRunner()

@@ -13,8 +13,8 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from mimea.model.checkpoint import HISTORY_FILE, REPORT_FILE, load_checkpoint, write_checkpoint
 from mimea_cli import app
-from model.checkpoint import HISTORY_FILE, REPORT_FILE, load_checkpoint, write_checkpoint
 from tests.training.conftest import TINY_OVERRIDES
 from tests.training.test_report import embedded_pngs
 

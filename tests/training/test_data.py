@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, load_kg_pair
+from mimea.training.data import DataError, load_kg_pair
 
 PairWriter = Callable[..., Path]
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, KGPairData, load_kg_pair
-from training.features import build_modal_inputs
-from training.pipeline import unlabelled_rows
-from training.split import split_pairs
-from training.synthetic import SyntheticSpec, write_synthetic_pair
+from mimea.training.data import DataError, KGPairData, load_kg_pair
+from mimea.training.features import build_modal_inputs
+from mimea.training.pipeline import unlabelled_rows
+from mimea.training.split import split_pairs
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 SPEC = SyntheticSpec(num_entities=40, num_relations=4, num_attributes=6, visual_dim=4, seed=3)
 TEXT_FILES = ("ent_ids_1", "ent_ids_2", "triples_1", "triples_2", "ill_ent_ids",

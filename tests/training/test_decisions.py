@@ -15,8 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mimea_cli import app
-from model.checkpoint import (
+from mimea.model.checkpoint import (
     CheckpointError,
     DecisionTables,
     EmbeddingTables,
@@ -24,8 +23,8 @@ from model.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from model.config import MIMEAConfig
-from model.decisions import (
+from mimea.model.config import MIMEAConfig
+from mimea.model.decisions import (
     COLUMNS,
     MATCH,
     NO_MATCH,
@@ -36,9 +35,8 @@ from model.decisions import (
     alignment_rows,
     stored_decisions,
 )
-from tests.training.conftest import TrainedRun
-from training.align_cli import write_lines
-from training.calibration import (
+from mimea.training.align_cli import write_lines
+from mimea.training.calibration import (
     checkpoint_graph,
     decide_checkpoint,
     decision_metrics,
@@ -48,7 +46,9 @@ from training.calibration import (
     record_decisions,
     write_decisions,
 )
-from training.pipeline import split_rows
+from mimea.training.pipeline import split_rows
+from mimea_cli import app
+from tests.training.conftest import TrainedRun
 
 runner = CliRunner()
 # No propagated labels: a planted checkpoint has no graph to propagate them over.

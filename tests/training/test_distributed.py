@@ -11,13 +11,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from typer.testing import CliRunner
 
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.config import TrainingConfig, load_config
+from mimea.model.objective import StepObjective
+from mimea.training.pipeline import prepare, run_training
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
+from mimea.training.trainer import Shard, build_model, epoch_steps
 from mimea_cli import app
-from model.checkpoint import load_checkpoint
-from model.config import TrainingConfig, load_config
-from model.objective import StepObjective
-from training.pipeline import prepare, run_training
-from training.synthetic import SyntheticSpec, write_synthetic_pair
-from training.trainer import Shard, build_model, epoch_steps
 
 # A short run that still learns the synthetic pair well (one batch of seed pairs per epoch).
 OVERRIDES = ["model.hidden_dim=64", "training.epochs=30", "training.lr=0.01",

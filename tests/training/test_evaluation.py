@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.finite import NonFiniteError
-from training import evaluation
-from training.evaluation import (
+from mimea.model.finite import NonFiniteError
+from mimea.training import evaluation
+from mimea.training.evaluation import (
     all_targets_metrics,
     evaluate_pairs,
     gold_ranks,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import load_kg_pair
-from training.features import (
+from mimea.training.data import load_kg_pair
+from mimea.training.features import (
     FeatureOptions,
     ModalInputs,
     build_modal_inputs,

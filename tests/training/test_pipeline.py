@@ -11,17 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import EMBEDDINGS_FILE, METRICS_FILE, load_checkpoint
-from model.config import MIMEAConfig, load_config
-from model.propagation import with_propagation
-from training.pipeline import (
+from mimea.model.checkpoint import EMBEDDINGS_FILE, METRICS_FILE, load_checkpoint
+from mimea.model.config import MIMEAConfig, load_config
+from mimea.model.propagation import with_propagation
+from mimea.training.pipeline import (
     evaluate_checkpoint,
     evaluate_embeddings,
     learned_columns,
     prepare,
     run_training,
 )
-from training.trainer import build_model, infer, propagate
+from mimea.training.trainer import build_model, infer, propagate
 
 if TYPE_CHECKING:
     from conftest import TrainedRun

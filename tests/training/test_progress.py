@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from training.progress import Phases, StepBar, format_seconds, process_start
+from mimea.training.progress import Phases, StepBar, format_seconds, process_start
 
 
 def test_phases_time_each_phase_and_log_it(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="training.progress")
+    caplog.set_level(logging.INFO, logger="mimea.training.progress")
     phases = Phases()
     with phases.phase("load"):
         time.sleep(0.02)
@@ -36,7 +36,7 @@ def test_report_adds_the_rest_and_the_total() -> None:
 
 
 def test_a_failed_phase_is_timed_but_not_reported_done(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="training.progress")
+    caplog.set_level(logging.INFO, logger="mimea.training.progress")
     phases = Phases()
     with pytest.raises(RuntimeError), phases.phase("load"):
         raise RuntimeError("broken file")

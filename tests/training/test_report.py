@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError
-from training.report import RunRecord, fusion_means, rank_buckets, render_report
+from mimea.model.checkpoint import CheckpointError
+from mimea.training.report import RunRecord, fusion_means, rank_buckets, render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

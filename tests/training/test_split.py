@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.split import split_pairs
+from mimea.training.split import split_pairs
 
 GOLD = np.stack([np.arange(1000), np.arange(1000, 2000)], axis=1).astype(np.int64)
 

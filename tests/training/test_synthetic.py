@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import load_kg_pair
-from training.features import build_modal_inputs
-from training.synthetic import SyntheticSpec, write_synthetic_pair
+from mimea.training.data import load_kg_pair
+from mimea.training.features import build_modal_inputs
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 SPEC = SyntheticSpec(num_entities=400, num_relations=12, num_attributes=20, visual_dim=16, seed=3)
 LAYOUT = {"ent_ids_1", "ent_ids_2", "triples_1", "triples_2", "ill_ent_ids", "training_attrs_1",

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import MIMEAConfig, TrainingConfig, load_config
-from model.device import resolve_device
-from model.finite import NonFiniteError
-from model.objective import StepObjective, batch_terms, plan_rows
-from training import trainer as trainer_module
-from training.pipeline import PreparedData, prepare
-from training.trainer import TrainResult, train_model
+from mimea.model.config import MIMEAConfig, TrainingConfig, load_config
+from mimea.model.device import resolve_device
+from mimea.model.finite import NonFiniteError
+from mimea.model.objective import StepObjective, batch_terms, plan_rows
+from mimea.training import trainer as trainer_module
+from mimea.training.pipeline import PreparedData, prepare
+from mimea.training.trainer import TrainResult, train_model
 
 
 def _train(data: PreparedData, config: MIMEAConfig, **kwargs: object) -> TrainResult:
@@ -45,7 +45,7 @@ def test_bar_shows_no_validation_figure_before_one_ran(synthetic_dir: Path,
                                                       tiny_overrides: list[str],
                                                       capsys: pytest.CaptureFixture[str],
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="training.trainer")
+    caplog.set_level(logging.INFO, logger="mimea.training.trainer")
     config = _config(tiny_overrides, "training.epochs=4", "training.valid_every=3")
     data = prepare(synthetic_dir, config)
     capsys.readouterr()

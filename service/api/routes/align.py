@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.deps import KeyedServiceDep
-from service.errors import ERROR_RESPONSES
-from service.schemas import AlignBatchRequest, AlignBatchResponse, AlignRequest, AlignResponse
+from mimea.service.api.deps import KeyedServiceDep
+from mimea.service.errors import ERROR_RESPONSES
+from mimea.service.schemas import AlignBatchRequest, AlignBatchResponse, AlignRequest, AlignResponse
 
 router = APIRouter(tags=["align"], responses=ERROR_RESPONSES)
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
-from service.api.deps import KeyedServiceDep
-from service.errors import ERROR_RESPONSES
-from service.schemas import (
+from mimea.service.api.deps import KeyedServiceDep
+from mimea.service.errors import ERROR_RESPONSES
+from mimea.service.schemas import (
     THRESHOLD_HELP,
     AlignmentBatchRequest,
     AlignmentBatchResponse,

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import KeyedServiceDep
-from service.errors import ERROR_RESPONSES
-from service.schemas import MAX_ID_LENGTH, EntitiesResponse
+from mimea.service.api.deps import KeyedServiceDep
+from mimea.service.errors import ERROR_RESPONSES
+from mimea.service.schemas import MAX_ID_LENGTH, EntitiesResponse
 
 router = APIRouter(tags=["entities"], responses=ERROR_RESPONSES)
 

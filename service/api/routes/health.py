@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ServiceDep
-from service.schemas import HealthResponse, ReadyResponse
+from mimea.service.api.deps import ServiceDep
+from mimea.service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["operations"])
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.deps import KeyedServiceDep
-from service.errors import ERROR_RESPONSES
-from service.schemas import ModelInfo
+from mimea.service.api.deps import KeyedServiceDep
+from mimea.service.errors import ERROR_RESPONSES
+from mimea.service.schemas import ModelInfo
 
 router = APIRouter(tags=["model"], responses=ERROR_RESPONSES)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from model.checkpoint import REPORT_FILE
-from service.errors import ErrorResponse, ServiceError
+from mimea.model.checkpoint import REPORT_FILE
+from mimea.service.errors import ErrorResponse, ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 EXPLORER_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
