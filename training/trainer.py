@@ -107,13 +107,14 @@ def epoch_steps(num_pairs: int, config: TrainingConfig,
     ``steps_per_epoch`` set, once the batches outnumber it each step takes several batches
     (each still with its own negatives) that share one pass: an epoch then costs a fixed
     number of passes plus a loss linear in the pairs. Processes split each step's pairs
-    evenly, each cutting its share into batches.
+    evenly, each cutting its share into batches: the steps are those of one process, so that
+    several processes take as many optimiser steps per epoch, each on as many pairs.
     """
     batches = math.ceil(num_pairs / config.batch_size)
-    per_process = 1
+    per_step = 1
     if config.steps_per_epoch:
-        per_process = max(1, math.ceil(batches / (shard.size * config.steps_per_epoch)))
-    step_size = per_process * shard.size * config.batch_size
+        per_step = max(1, math.ceil(batches / config.steps_per_epoch))
+    step_size = max(per_step * config.batch_size, shard.size)
     starts = list(range(0, num_pairs, step_size))
     if len(starts) > 1 and num_pairs - starts[-1] < shard.size:
         starts.pop()  # too few pairs left to give every process one: the step before takes them
