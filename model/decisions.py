@@ -126,10 +126,16 @@ def plan_features(log_plan: torch.Tensor, edges: torch.Tensor, kept: torch.Tenso
     features = {}
     for name, segments, size in zip(PLAN_FEATURES, edges.T, sizes, strict=True):
         total = segment_logsumexp(log_plan, segments, size)[segments[kept]]
-        own = log_plan[kept]
-        rest = total + torch.log(-torch.expm1((own - total).clamp(max=-1e-12)))
-        features[name] = (own - rest).clamp(-MAX_LOG_ODDS, MAX_LOG_ODDS)
+        features[name] = share_log_odds(log_plan[kept] - total)
     return features
+
+
+def share_log_odds(log_share: torch.Tensor) -> torch.Tensor:
+    """``log q - log(1 - q)`` of shares given as ``log q`` (``1 - q`` taken at ``q <= 1 -
+    1e-12``), bounded by :data:`MAX_LOG_ODDS`: a share of its row's or column's plan mass as
+    the decoder's features read it."""
+    rest = torch.log(-torch.expm1(log_share.clamp(max=-1e-12)))
+    return (log_share - rest).clamp(-MAX_LOG_ODDS, MAX_LOG_ODDS)
 
 
 def agreement_tables(embeddings: Mapping[str, torch.Tensor], mask: torch.Tensor,

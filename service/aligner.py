@@ -150,7 +150,7 @@ class Aligner:
         has = compared >= 0
         sources = np.array([row for row, _ in queries], dtype=np.int64)
         modality, present = self.scorer.modality_cosines(sources[has], compared[has])
-        thresholds = [self.alignment.threshold if t is None else t for _, t in queries]
+        thresholds = [self.alignment.threshold_for(t) for _, t in queries]
         return alignment_answers(self.directory, self.modalities, rows, thresholds, compared,
                                  modality, present)
 

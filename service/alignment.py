@@ -27,13 +27,13 @@ from mimea.model.checkpoint import Checkpoint, EntityTable
 from mimea.model.config import saved_config
 from mimea.model.decisions import (
     AGREEMENT_PREFIX,
-    MAX_LOG_ODDS,
     PROPAGATED,
     AlignmentRow,
     Decisions,
     alignment_rows,
     decision_of,
     row_record,
+    share_log_odds,
     stored_decisions,
 )
 
@@ -78,9 +78,10 @@ class ServedAlignment:
 
     def decision(self, row: int, threshold: float | None) -> AlignmentRow:
         """The entity's decision at ``threshold`` (None: the checkpoint's default)."""
-        return decision_of(self.decisions.tables, row, self._threshold(threshold))
+        return decision_of(self.decisions.tables, row, self.threshold_for(threshold))
 
-    def _threshold(self, threshold: float | None) -> float:
+    def threshold_for(self, threshold: float | None) -> float:
+        """The threshold a request applies: its own, else the checkpoint's default."""
         return self.threshold if threshold is None else threshold
 
     def pair_probability(self, source: np.ndarray, target: np.ndarray,
@@ -89,8 +90,8 @@ class ServedAlignment:
         for a pair the decoder paired (1 for a seed pair), else the calibration's, bounded by
         what the two entities' own pairings leave."""
         calibration = self.decisions.calibration
-        features = {"plan_row": _log_odds(evidence.kg1_share),
-                    "plan_col": _log_odds(evidence.kg2_share),
+        features = {"plan_row": share_log_odds(torch.from_numpy(evidence.kg1_share)).numpy(),
+                    "plan_col": share_log_odds(torch.from_numpy(evidence.kg2_share)).numpy(),
                     **{AGREEMENT_PREFIX + name: values
                        for name, values in evidence.agreement.items()}}
         missing = {name: np.full(len(source), math.nan) for name in calibration.names
@@ -116,7 +117,7 @@ class ServedAlignment:
         wanted = set(decisions) if decisions else None
         kgs = self._entities.kgs
         chunk: list[str] = []
-        for row in alignment_rows(self.decisions.tables, self._kgs, self._threshold(threshold)):
+        for row in alignment_rows(self.decisions.tables, self._kgs, self.threshold_for(threshold)):
             if (wanted is None or row.decision in wanted) and (kg is None or kgs[row.row] == kg):
                 chunk.append(json.dumps(row_record(row, self._entities), ensure_ascii=False))
                 if len(chunk) == LINES_PER_CHUNK:
@@ -124,13 +125,6 @@ class ServedAlignment:
                     chunk = []
         if chunk:
             yield ("\n".join(chunk) + "\n").encode()
-
-
-def _log_odds(log_share: np.ndarray) -> np.ndarray:
-    """``log q - log(1 - q)`` of shares given as ``log q`` (q clipped below 1), bounded as the
-    decoder bounds its plan features."""
-    share = np.minimum(log_share, -1e-12)
-    return np.clip(share - np.log(-np.expm1(share)), -MAX_LOG_ODDS, MAX_LOG_ODDS)
 
 
 def propagated_cosine(sources: torch.Tensor, targets: torch.Tensor,
