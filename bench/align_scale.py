@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scale_results import save_rows  # noqa: E402
+from bench.scale_results import measured_run, save_rows  # noqa: E402
 from bench.server_process import Server  # noqa: E402
 from bench.sparse_decode import planted  # noqa: E402
 from mimea.model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint  # noqa: E402
@@ -86,25 +84,6 @@ def write_planted(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                **{name: pairs[rows].tolist() for name, rows in parts.items()}},
         metrics={"planted": True})
     return {"test_pairs": len(parts["test"]), "planted_pairs": len(pairs)}
-
-
-def child_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
-def run_step(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of ``argv`` in a fresh process (exit status checked).
-    The children's peak is a maximum over every child so far: steps run from the largest
-    expected peak down would hide each other, so each step runs in a fresh wrapper."""
-    wrapper = [sys.executable, "-c", (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "subprocess.run(sys.argv[1:], check=True); "
-        "print(time.perf_counter() - t, "
-        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"), *argv]
-    out = subprocess.run(wrapper, check=True, capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall, peak = out.stdout.split()[-2:]
-    return float(wall), float(peak)
 
 
 def serve_figures(checkpoint: Path, work: Path, n: int,
@@ -166,16 +145,16 @@ def main() -> int:
     base.update(write_planted(checkpoint, args))
     print(f"checkpoint written in {time.perf_counter() - start:.0f} s", flush=True)
 
-    decode_s, decode_mb = run_step([sys.executable, "-c",
+    decode_s, decode_mb, _ = measured_run([sys.executable, "-c",
                                     "import sys; from pathlib import Path; "
                                     "from bench.scale_eval import add_terms; "
                                     "add_terms(Path(sys.argv[1]))", str(checkpoint)])
     print(f"decode: {decode_s:.0f} s, {decode_mb:.0f} MB", flush=True)
     out = args.work / "alignment.tsv"
-    align_s, align_mb = run_step([str(MIMEA), "align", "--checkpoint", str(checkpoint),
+    align_s, align_mb, _ = measured_run([str(MIMEA), "align", "--checkpoint", str(checkpoint),
                                   "--out", str(out), "--store"])
     print(f"decide + store + write: {align_s:.0f} s, {align_mb:.0f} MB", flush=True)
-    write_s, write_mb = run_step([str(MIMEA), "align", "--checkpoint", str(checkpoint),
+    write_s, write_mb, _ = measured_run([str(MIMEA), "align", "--checkpoint", str(checkpoint),
                                   "--out", str(out)])
     print(f"write: {write_s:.0f} s, {write_mb:.0f} MB", flush=True)
     metrics = json.loads((checkpoint / "metrics.json").read_text(encoding="utf-8"))

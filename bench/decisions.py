@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,8 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scale_results import measured_run  # noqa: E402
+from bench.scale_results import save_rows as save_scale_rows  # noqa: E402
 from mimea.model.checkpoint import load_checkpoint  # noqa: E402
 from mimea.model.config import load_config  # noqa: E402
 from mimea.model.decisions import Decisions, stored_decisions  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     if "zh_en" in args.datasets:
         rows += zh_en_rows(args.checkpoint, args.decided, redecide=args.redecide)
-        save_scale_row(time_align(args.decided))
+        save_scale_rows([time_align(args.decided)])
     if "synthetic" in args.datasets:
         rows += synthetic_rows()
     save_rows(rows)
@@ -194,12 +194,9 @@ def time_align(decided: Path) -> dict[str, Any]:
     checkpoint = load_checkpoint(decided)
     with tempfile.TemporaryDirectory(prefix="align-") as tmp:
         out = Path(tmp) / "alignment.tsv"
-        start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "mimea"), "align", "--checkpoint",
-                        str(decided), "--out", str(out)], check=True, capture_output=True)
-        wall = time.perf_counter() - start
+        wall, peak_mb, _ = measured_run([str(Path(sys.executable).parent / "mimea"), "align",
+                                         "--checkpoint", str(decided), "--out", str(out)])
         lines = sum(1 for _ in out.open(encoding="utf-8")) - 1
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"task": "align", "dataset": "zh_en",
             "entities_per_kg": round(len(checkpoint.entities) / 2), "wall_s": round(wall, 1),
             "peak_rss_mb": round(peak_mb), "rows": lines, "format": "tsv"}
@@ -211,18 +208,6 @@ def save_rows(rows: list[dict[str, Any]]) -> None:
     kept = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
     measured = {row["dataset"] for row in rows}
     results = {"rows": [r for r in kept if r["dataset"] not in measured] + rows}
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-
-
-def save_scale_row(row: dict[str, Any]) -> None:
-    """Merge ``row`` into scale.json (shared), replacing the row of the same task, data set
-    and size."""
-    def key(r: dict[str, Any]) -> tuple[str, str, int]:
-        return r["task"], r["dataset"], r["entities_per_kg"]
-
-    path = RESULTS / "scale.json"
-    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"rows": []}
-    results["rows"] = [r for r in results["rows"] if key(r) != key(row)] + [row]
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scale_results import save_rows  # noqa: E402
+from bench.scale_results import measured_run, save_rows  # noqa: E402
 from mimea.model.checkpoint import (  # noqa: E402
     EmbeddingTables,
     EntityTable,
@@ -101,19 +97,6 @@ def add_terms(checkpoint: Path) -> None:
         entities=ckpt.entities, split=ckpt.split, metrics=ckpt.metrics)
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """Run ``command``; return (wall seconds, its peak RSS in MB, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        print("warning: peak RSS of this step not above an earlier step's", file=sys.stderr)
-    return wall, peak / 1024, done.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a mimea demo-data folder")
@@ -130,10 +113,10 @@ def main() -> None:
     shape = planted_checkpoint(args.data, checkpoint, dim=args.dim, noise=args.noise, seed=0)
     dataset = f"synthetic-planted-{args.data.name}"
     base = {"dataset": dataset, **shape, "threads": threads}
-    wall, rss, _ = timed([sys.executable, __file__, "--data", str(args.data), "--work",
+    wall, rss, _ = measured_run([sys.executable, __file__, "--data", str(args.data), "--work",
                           str(args.work), "--step", "terms"])
     rows = [{"task": "decode", **base, "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}]
-    wall, rss, out = timed([sys.executable, "-m", "mimea_cli", "evaluate", "--checkpoint",
+    wall, rss, out = measured_run([sys.executable, "-m", "mimea_cli", "evaluate", "--checkpoint",
                             str(checkpoint), "--json"])
     report = json.loads(out)
     served, sinkhorn = report["all_targets"]["kg1_to_kg2"], \
