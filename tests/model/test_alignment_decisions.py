@@ -249,15 +249,22 @@ def test_writer_refuses_inconsistent_decisions(tmp_path: Path, case: str) -> Non
     assert not (tmp_path / "ckpt").exists()
 
 
-@pytest.mark.parametrize("case", ["one to one", "probability"])
-def test_loader_refuses_a_damaged_decisions_file(tmp_path: Path, case: str) -> None:
-    """A format 1 checkpoint has no digests: the values themselves are checked on load."""
-    write_small(tmp_path / "ckpt", small_decisions(), {"threshold": 0.5})
-    directory = (tmp_path / "ckpt").resolve()
+def unverified_small(path: Path) -> Path:
+    """A small decided checkpoint at ``path`` made format 1 (no digests, so a file can be
+    altered and its values are what the loader checks); its version directory."""
+    write_small(path, small_decisions(), {"threshold": 0.5})
+    directory = path.resolve()
     config = json.loads((directory / CONFIG_FILE).read_text())
     config.update(format_version=1)
     config.pop("files")
     (directory / CONFIG_FILE).write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("case", ["one to one", "probability"])
+def test_loader_refuses_a_damaged_decisions_file(tmp_path: Path, case: str) -> None:
+    """A format 1 checkpoint has no digests: the values themselves are checked on load."""
+    directory = unverified_small(tmp_path / "ckpt")
     damage, fragment = BAD_TABLES[case]
     damaged = damage(DecisionTables(**load_file(directory / DECISIONS_FILE)))
     save_file({k: getattr(damaged, k) for k in ("counterpart", "probability", "runner_up",
@@ -278,12 +285,7 @@ def test_a_threshold_without_decisions_is_refused(tmp_path: Path) -> None:
 
 
 def test_loader_refuses_a_decisions_file_of_the_wrong_dtype(tmp_path: Path) -> None:
-    write_small(tmp_path / "ckpt", small_decisions(), {"threshold": 0.5})
-    directory = (tmp_path / "ckpt").resolve()
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    config.update(format_version=1)
-    config.pop("files")
-    (directory / CONFIG_FILE).write_text(json.dumps(config))
+    directory = unverified_small(tmp_path / "ckpt")
     tensors = load_file(directory / DECISIONS_FILE)
     save_file({**tensors, "probability": tensors["probability"].double()},
               directory / DECISIONS_FILE)
