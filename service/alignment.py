@@ -90,15 +90,13 @@ class ServedAlignment:
         for a pair the decoder paired (1 for a seed pair), else the calibration's, bounded by
         what the two entities' own pairings leave."""
         calibration = self.decisions.calibration
-        features = {"plan_row": share_log_odds(torch.from_numpy(evidence.kg1_share)).numpy(),
-                    "plan_col": share_log_odds(torch.from_numpy(evidence.kg2_share)).numpy(),
-                    **{AGREEMENT_PREFIX + name: values
+        features = {"plan_row": share_log_odds(torch.from_numpy(evidence.kg1_share)),
+                    "plan_col": share_log_odds(torch.from_numpy(evidence.kg2_share)),
+                    **{AGREEMENT_PREFIX + name: torch.from_numpy(np.asarray(values, np.float64))
                        for name, values in evidence.agreement.items()}}
-        missing = {name: np.full(len(source), math.nan) for name in calibration.names
-                   if name not in features}
-        scored = calibration.probability(
-            {name: torch.from_numpy(np.asarray(values, dtype=np.float64))
-             for name, values in {**features, **missing}.items()}).double().numpy()
+        for name in calibration.names:  # an agreement this service cannot compute: unknown
+            features.setdefault(name, torch.full((len(source),), math.nan, dtype=torch.float64))
+        scored = calibration.probability(features).double().numpy()
         paired = self._counterpart[source] == target
         bound = np.minimum(self._left_over(source), self._left_over(target))
         return np.where(paired, self._probability[source], np.minimum(scored, bound))
