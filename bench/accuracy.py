@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mimea.model.config import load_config  # noqa: E402
+from mimea.model.config import load_config, saved_config  # noqa: E402
 from mimea.training.pipeline import run_training  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -39,9 +39,10 @@ DATASETS = {"dbp15k/zh_en": 0.3, "fbdb15k": 0.2}
 # Configuration of each dataset's runs when no --config is given (None: the defaults).
 DATASET_CONFIGS: dict[str, Path | None] = {"dbp15k/zh_en": None,
                                            "fbdb15k": ROOT / "configs" / "fbdb15k.toml"}
+# Pseudo-labelling of the iterative runs: two label rounds, then two network rounds.
+ITERATIVE = ["training.label_rounds=2", "training.iterations=2"]
+NOT_ITERATIVE = ["training.label_rounds=0", "training.iterations=0"]
 ABLATIONS: dict[str, list[str]] = {
-    "GATConv structure layer (the spec's), lr 0.001": ["model.structure_conv=gat",
-                                                     "training.lr=0.001"],
     "w/o attribute-seeded structure stack": ["model.structure_features=[]"],
     "w/o proxy matching": ["model.proxies=0"],
     "+ learned fusion (Beta confidences)": ["model.fusion=true"],
@@ -66,7 +67,7 @@ def run_one(dataset: str, variant: str, overrides: list[str], config_file: Path 
     train_ratio = DATASETS[dataset]
     config = load_config(config_file or DATASET_CONFIGS[dataset],
                          [f"data.train_ratio={train_ratio}",
-                          f"training.iterative={str(iterative).lower()}", *overrides])
+                          *(ITERATIVE if iterative else NOT_ITERATIVE), *overrides])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run_training(DATA / dataset, keep or Path(tmp) / "checkpoint", config,
                                progress=False)
@@ -243,8 +244,13 @@ def record(checkpoint: Path, only: str | None, variant: str) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {checkpoint} is not a readable checkpoint: {exc}")
         return 2
-    rows = rows_of(dataset, config["data"]["train_ratio"], config["training"]["iterative"],
-                   variant, [], metrics)
+    try:
+        saved = saved_config(config)
+    except ValueError as exc:
+        print(f"error: {checkpoint}: {exc}")
+        return 2
+    rows = rows_of(dataset, saved.data.train_ratio, saved.training.pseudo_labelling, variant, [],
+                   metrics)
     save_rows(rows)
     for row in rows:
         print(json.dumps(row))

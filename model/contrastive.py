@@ -1,13 +1,10 @@
 """Module 4 of MIMEA: modal-adaptive contrastive learning.
 
-Two pair losses, both bidirectional and computed per seed pair so that they can be weighted:
-
-* ``lse``: a LogSumExp over standardised margins against many negatives (hard negatives
-  dominate the sum), following the normalised hard-negative objective of Dual-AMN;
-* ``infonce``: the usual in-batch InfoNCE with a temperature.
-
-:func:`modal_adaptive_loss` applies them to the joint embedding and to every modality, weighting
-each modality's pairs by the fusion confidences of the two entities.
+The pair loss is a LogSumExp over standardised margins against many negatives (hard negatives
+dominate the sum), following the normalised hard-negative objective of Dual-AMN; it is
+bidirectional and computed per seed pair so that pairs can be weighted.
+:func:`modal_adaptive_loss` applies it to every modality (the objective applies it to the joint
+embedding too), weighting each modality's pairs by the fusion confidences of the two entities.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Tensor,
                   left_index: torch.Tensor, right_index: torch.Tensor, *, gamma: float = 1.0,
-                  scale: float = 30.0, shift: float = 10.0) -> torch.Tensor:
+                  scale: float = 30.0) -> torch.Tensor:
     r"""Per-pair LogSumExp loss against every row of ``candidates``.
 
     With L2-normalised embeddings and :math:`d(x,y) = \lVert x-y \rVert^2 = 2 - 2\cos(x,y)`,
@@ -32,14 +29,16 @@ def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Ten
     .. math::
         s_c = d(l, r) - d(l, c) + \gamma, \quad
         \hat s_c = (s_c - \mathrm{mean}(s)) / \mathrm{std}(s), \quad
-        \mathcal{L}_l = \log \sum_c \exp(\lambda \hat s_c + \tau)
+        \mathcal{L}_l = \log \sum_c \exp(\lambda \hat s_c)
 
-    and symmetrically for :math:`r`. The pair's own two columns count with :math:`s_c = 0` and
-    no gradient: once every negative is farther than the positive by the margin, they dominate
-    the sum and the pair stops pulling, so aligned pairs leave room for the rest. Mean and std
-    are taken over the row's cosines and not back-propagated (which is what lets the positive
-    distance, a constant of the row, still get a gradient); standardising makes :math:`\lambda`
-    a sharpness that does not depend on the similarity range.
+    and symmetrically for :math:`r` (Dual-AMN adds a constant :math:`\tau` in the exponent,
+    which changes no gradient and is left out). The pair's own two columns count with
+    :math:`s_c = 0` and no gradient: once every negative is farther than the positive by the
+    margin, they dominate the sum and the pair stops pulling, so aligned pairs leave room for
+    the rest. Mean and std are taken over the row's cosines and not back-propagated (which is
+    what lets the positive distance, a constant of the row, still get a gradient);
+    standardising makes :math:`\lambda` a sharpness that does not depend on the similarity
+    range.
 
     :math:`s_c` is affine in :math:`\cos(l, c)`, so the row is computed as one scaled cosine
     matrix plus per-row terms, with the same value and gradients as the formula but a few
@@ -64,25 +63,9 @@ def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Ten
         own = -sharpness * (positive + gamma - 2.0)
         logits[rows, left_index] = own
         logits[rows, right_index] = own
-        common = shift + sharpness * (positive - positive.detach() - 2.0 * mean)
+        common = sharpness * (positive - positive.detach() - 2.0 * mean)
         total = total + common + torch.logsumexp(logits, dim=-1)
     return total
-
-
-def infonce_pair_loss(left: torch.Tensor, right: torch.Tensor, *,
-                      temperature: float = 0.1) -> torch.Tensor:
-    r"""Per-pair bidirectional InfoNCE with in-batch negatives.
-
-    .. math::
-        \mathcal{L}_i = -\log \frac{e^{\cos(l_i, r_i)/t}}{\sum_j e^{\cos(l_i, r_j)/t}}
-                        -\log \frac{e^{\cos(l_i, r_i)/t}}{\sum_j e^{\cos(l_j, r_i)/t}}
-
-    Shapes: left, right ``[B, D]`` → ``[B]``.
-    """
-    logits = F.normalize(left, dim=-1) @ F.normalize(right, dim=-1).T / temperature
-    target = torch.arange(len(left), device=left.device)
-    return (F.cross_entropy(logits, target, reduction="none")
-            + F.cross_entropy(logits.T, target, reduction="none"))
 
 
 def pair_confidence(weights: torch.Tensor, left_index: torch.Tensor,
@@ -97,15 +80,14 @@ def pair_confidence(weights: torch.Tensor, left_index: torch.Tensor,
 
 
 def modal_adaptive_loss(modal: list[torch.Tensor], mask: torch.Tensor, weights: torch.Tensor,
-                        left_index: torch.Tensor, right_index: torch.Tensor, *,
-                        temperature: float = 0.1, adaptive: bool = True,
-                        pair_loss: PairLoss | None = None) -> torch.Tensor:
+                        left_index: torch.Tensor, right_index: torch.Tensor, pair_loss: PairLoss,
+                        *, adaptive: bool = True) -> torch.Tensor:
     r"""Sum over modalities of a pair loss on the seed pairs, each pair weighted by its confidence.
 
-    ``pair_loss`` defaults to in-batch InfoNCE; the objective passes the LogSumExp loss with the
-    same kind of negatives as the joint term (the batch plus entities sampled from the whole
-    graph), so that each modality learns as well on its own as it
-    would alone and no modality starves while the fusion still favours another.
+    The objective's ``pair_loss`` is the LogSumExp loss with the same kind of negatives as the
+    joint term (the batch plus entities sampled from the whole graph), so that each modality
+    learns as well on its own as it would alone and no modality starves while the fusion still
+    favours another.
 
     .. math::
         \mathcal{L}_{modal} = \sum_m \frac{1}{|B|} \sum_{(l,r) \in B} c_m(l, r)\,
@@ -126,10 +108,6 @@ def modal_adaptive_loss(modal: list[torch.Tensor], mask: torch.Tensor, weights: 
         keep = present[:, i] > 0
         if int(keep.sum()) < 2:
             continue
-        if pair_loss is None:
-            per_pair = infonce_pair_loss(h[left_index[keep]], h[right_index[keep]],
-                                         temperature=temperature)
-        else:
-            per_pair = pair_loss(h, keep)
+        per_pair = pair_loss(h, keep)
         total = total + (confidence[keep, i] * per_pair).sum() / len(left_index)
     return total

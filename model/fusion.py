@@ -32,8 +32,8 @@ class ProbabilityGuidedFusion(nn.Module):
     r"""Fuse uni-modal embeddings with Beta-distributed, interaction-aware confidences.
 
     Each modality embedding is projected to a token :math:`t_m`; tokens of one entity attend to
-    each other (missing modalities are masked out of the keys), then a head predicts Beta
-    parameters per token:
+    each other (one attention head; missing modalities are masked out of the keys), then a head
+    predicts Beta parameters per token:
 
     .. math::
         \tilde t = t + \mathrm{MHA}(t, t, t), \quad
@@ -58,25 +58,21 @@ class ProbabilityGuidedFusion(nn.Module):
     Args:
         in_dims: output size of each modality encoder, in modality order.
         token_dim: size of the interaction tokens.
-        heads: attention heads.
         interaction: apply cross-modal attention before the Beta head.
         prior: :math:`(a_0, b_0)` of the Beta prior.
         learned: with False, every present modality gets the same weight (ablation).
     """
 
-    def __init__(self, in_dims: list[int], token_dim: int = 128, heads: int = 1,
-                 interaction: bool = True, prior: tuple[float, float] = (5.0, 5.0),
-                 learned: bool = True) -> None:
+    def __init__(self, in_dims: list[int], token_dim: int = 128, interaction: bool = True,
+                 prior: tuple[float, float] = (5.0, 5.0), learned: bool = True) -> None:
         super().__init__()
-        if token_dim % heads:
-            raise ValueError(f"token_dim {token_dim} must be divisible by heads {heads}")
         self.in_dims = list(in_dims)
         self.interaction = interaction
         self.learned = learned
         self.register_buffer("prior", torch.tensor(prior, dtype=torch.float32))
         self.tokens = nn.ModuleList(nn.Linear(d, token_dim) for d in self.in_dims)
         self.norm = nn.LayerNorm(token_dim)
-        self.attention = nn.MultiheadAttention(token_dim, heads, batch_first=True)
+        self.attention = nn.MultiheadAttention(token_dim, 1, batch_first=True)
         self.beta_head = nn.Linear(token_dim, 2)
         self.reset_parameters()
 

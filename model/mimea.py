@@ -84,11 +84,9 @@ class MIMEA(nn.Module):
             if name == "structure":
                 encoders[name] = StructureEncoder(
                     num_entities, num_edge_types if config.relation_aware else 0,
-                    config.hidden_dim, num_layers=config.gat_layers, heads=config.gat_heads,
-                    dropout=config.dropout, concat_layers=config.concat_layers,
-                    self_loops=config.self_loops, relation_channel=config.relation_channel,
-                    proxies=config.proxies, output_dropout=config.structure_dropout,
-                    conv=config.structure_conv,
+                    config.hidden_dim, num_layers=config.gat_layers, dropout=config.dropout,
+                    relation_channel=config.relation_channel, proxies=config.proxies,
+                    output_dropout=config.structure_dropout,
                     feature_dims=[feature_dims[f] for f in self.structure_features])
             else:
                 encoders[name] = FeatureEncoder(feature_dims[name], config.hidden_dim,
@@ -96,7 +94,7 @@ class MIMEA(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.out_dims = [enc.out_dim for enc in encoders.values()]
         self.fusion = ProbabilityGuidedFusion(
-            self.out_dims, token_dim=min(128, config.hidden_dim), heads=config.fusion_heads,
+            self.out_dims, token_dim=min(128, config.hidden_dim),
             interaction=config.fusion_interaction, prior=config.beta_prior,
             learned=config.fusion)
         self.joint_dim = sum(self.out_dims)

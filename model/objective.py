@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mimea.model.config import LossConfig, ModelConfig
-from mimea.model.contrastive import PairLoss, infonce_pair_loss, lse_pair_loss, modal_adaptive_loss
+from mimea.model.contrastive import PairLoss, lse_pair_loss, modal_adaptive_loss
 from mimea.model.mimea import MIMEA, GraphInputs, MIMEAOutput
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -38,11 +38,11 @@ def alignment_objective(model: MIMEA, inputs: GraphInputs, left: torch.Tensor,
             + \lambda_{ot}\mathcal{L}_{OT} + \lambda_{kl}\,\mathrm{KL}
 
     The LogSumExp losses take their negatives from every entity of the batch (both sides)
-    plus entities drawn from the whole graph (``loss.negatives`` for the joint term,
-    ``loss.modal_negatives`` for the modality terms; every entity once when the count is at
-    least the graph's size): without them, entities outside the seed pairs are never pushed
-    apart and collapse onto hubs. Only those entities
-    are fused (see :meth:`MIMEA.forward`). Returns every term and ``total``.
+    plus ``loss.negatives`` entities drawn from the whole graph, once for the joint term and
+    once more for the modality terms (every entity once when the count is at least the
+    graph's size): without them, entities outside the seed pairs are never pushed apart and
+    collapse onto hubs. Only those entities are fused (see :meth:`MIMEA.forward`). Returns
+    every term and ``total``.
     """
     rows, (batch,) = plan_rows(loss, inputs.num_entities, [(left, right)])
     return batch_terms(model, model(inputs, rows=rows), batch, loss)
@@ -52,14 +52,15 @@ def plan_rows(loss: LossConfig, num_entities: int,
               batches: Sequence[Batch]) -> tuple[torch.Tensor, list[BatchRows]]:
     """The entities one forward pass embeds for ``batches``, and each batch's rows among them.
 
-    Every batch draws its own negatives, as it would alone, so a loss over several batches
-    that share one pass over the graph is the sum of their losses.
+    Every batch draws its own negatives, as it would alone (the joint term's, then the
+    modality terms', two draws of ``loss.negatives``), so a loss over several batches that
+    share one pass over the graph is the sum of their losses.
     """
     own: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
     for left, right in batches:
         batch = torch.cat([left, right])
         parts = [left, right, _sample_negatives(loss.negatives, num_entities, batch),
-                 _sample_negatives(loss.modal_negatives, num_entities, batch)]
+                 _sample_negatives(loss.negatives, num_entities, batch)]
         entities, local = torch.unique(torch.cat(parts), return_inverse=True)
         own.append((entities, local.split([len(part) for part in parts])))
     rows = own[0][0] if len(own) == 1 else torch.unique(torch.cat([e for e, _ in own]))
@@ -75,13 +76,13 @@ def batch_terms(model: MIMEA, output: MIMEAOutput, rows: BatchRows,
     left, right = rows.left, rows.right
     joint = output.joint
     everyone = torch.ones_like(left, dtype=torch.bool)
-    terms = {"joint": _pair_loss(loss.joint_loss, loss, left, right, rows.joint_negatives)(
-        joint, everyone).mean()}
+    joint_pair_loss = _pair_loss(loss, left, right, rows.joint_negatives)
+    terms = {"joint": joint_pair_loss(joint, everyone).mean()}
     if config.modal_contrastive and loss.modal_weight > 0:
         terms["modal"] = loss.modal_weight * modal_adaptive_loss(
             output.modal, output.mask, output.fusion.weights, left, right,
             adaptive=config.modal_adaptive,
-            pair_loss=_pair_loss(loss.modal_loss, loss, left, right, rows.modal_negatives))
+            pair_loss=_pair_loss(loss, left, right, rows.modal_negatives))
     if model.ot is not None and loss.ot_weight > 0:
         sample = torch.cat([left, right])
         if len(sample) > loss.ot_batch:
@@ -198,19 +199,16 @@ def _sample_negatives(count: int, num_entities: int, batch: torch.Tensor) -> tor
         everyone = torch.arange(num_entities, device=batch.device)
         return everyone[~torch.isin(everyone, batch)]
     return torch.randint(num_entities, (count,), device=batch.device)
-def _pair_loss(kind: str, loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
-               negatives: torch.Tensor) -> PairLoss:
-    """The per-pair loss of one batch; LSE candidates are the batch plus ``negatives``."""
-    if kind == "infonce":
-        def infonce(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-            return infonce_pair_loss(h[left[keep]], h[right[keep]], temperature=loss.temperature)
-        return infonce
 
+
+def _pair_loss(loss: LossConfig, left: torch.Tensor, right: torch.Tensor,
+               negatives: torch.Tensor) -> PairLoss:
+    """The per-pair LogSumExp loss of one batch; its candidates are the batch plus
+    ``negatives``."""
     candidates = torch.cat([left, right, negatives])
     local = torch.arange(len(left), device=left.device)
 
     def lse(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return lse_pair_loss(h[left[keep]], h[right[keep]], h[candidates], local[keep],
-                             local[keep] + len(left), gamma=loss.gamma, scale=loss.lse_scale,
-                             shift=loss.lse_shift)
+                             local[keep] + len(left), gamma=loss.gamma, scale=loss.lse_scale)
     return lse

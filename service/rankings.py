@@ -56,7 +56,8 @@ def evaluated_csls_k(config: dict[str, Any]) -> int:
 
 
 def headline(config: dict[str, Any]) -> Ranking:
-    """The ranking of the checkpoint's reported figures (``eval.headline``)."""
+    """The ranking of the checkpoint's reported figures: the Sinkhorn ranking, or the one an
+    older checkpoint's config names (``eval.headline``, no longer a setting)."""
     value = _eval_section(config).get("headline", DEFAULT_HEADLINE)
     if value not in RANKINGS:
         raise CheckpointError(f"checkpoint config eval.headline must be one of "

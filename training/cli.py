@@ -85,9 +85,12 @@ def train(
     device: Annotated[str | None, Opt(
         help="auto, cpu or cuda",
         show_default=_configured("training.device", TrainingConfig().device))] = None,
-    iterative: Annotated[bool | None, Opt(
-        help="pseudo-label mutual nearest neighbours",
-        show_default=_configured("training.iterative", TrainingConfig().iterative))] = None,
+    label_rounds: Annotated[int | None, Opt(
+        min=0, help="pseudo-label rounds that only re-seed the propagated labels",
+        show_default=_configured("training.label_rounds", TrainingConfig().label_rounds))] = None,
+    iterations: Annotated[int | None, Opt(
+        min=0, help="pseudo-label rounds that train the network, after the label rounds",
+        show_default=_configured("training.iterations", TrainingConfig().iterations))] = None,
     visual: Annotated[Path | None, Opt(help="visual features (.npz, .npy + .ids, .pkl)",
                                        show_default="the ones in --data, if any")] = None,
     allow_pickle: Annotated[bool, Opt("--allow-pickle",
@@ -108,7 +111,8 @@ def train(
     overrides = list(set_ or [])
     for key, value in (("data.train_ratio", train_ratio), ("training.seed", seed),
                        ("training.epochs", epochs), ("training.device", device),
-                       ("training.iterative", iterative)):
+                       ("training.label_rounds", label_rounds),
+                       ("training.iterations", iterations)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = _load(config, overrides)

@@ -249,30 +249,17 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
     return ranking_metrics(_ranks(z[pairs[:, 0]], torch.arange(len(pairs)), z[targets], form))
 
 
-def mutual_nearest_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
-                         *, method: Similarity = "csls", k: int = 10,
-                         agree_with_sinkhorn: bool = False, sinkhorn_reg: float = 0.001,
-                         sinkhorn_iterations: int = 20,
-                         candidates: int = DEFAULT_CANDIDATES) -> torch.Tensor:
-    """Pairs ``[Q, 2]`` (entity rows) that are each other's best match among the candidate
-    pairs (each entity's ``candidates`` nearest of the other side, both ways).
-
-    With ``agree_with_sinkhorn``, only the pairs that are also mutual best of the Sinkhorn plan
-    over the same scores: a one-to-one decoding of every candidate at once must pick them too.
-    """
+def mutual_plan_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
+                      *, k: int = 10, sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
+                      candidates: int = DEFAULT_CANDIDATES) -> torch.Tensor:
+    """Pairs ``[Q, 2]`` (entity rows) that are each other's best match in the Sinkhorn plan
+    over the CSLS scores of the candidate pairs (each entity's ``candidates`` nearest of the
+    other side, both ways): a one-to-one decoding of every candidate at once picks them."""
     z = _unit_rows(embeddings)
-    with_plan = method == "sinkhorn" or agree_with_sinkhorn
     terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates,
-                          reg=sinkhorn_reg if with_plan else None,
-                          iterations=sinkhorn_iterations)
-    values = {"cosine": terms.edge_cos, "csls": terms.edge_csls(),
-              "sinkhorn": terms.edge_log_plan() if with_plan else None}[method]
-    if values is None:
-        raise ValueError(f"unknown similarity {method!r}; use 'cosine', 'csls' or 'sinkhorn'")
+                          reg=sinkhorn_reg, iterations=sinkhorn_iterations)
     edges = terms.edges
-    mutual = _mutual_edges(edges, values, len(sources), len(targets))
-    if agree_with_sinkhorn:
-        mutual &= _mutual_edges(edges, terms.edge_log_plan(), len(sources), len(targets))
+    mutual = _mutual_edges(edges, terms.edge_log_plan(), len(sources), len(targets))
     picked = edges[mutual]
     return torch.stack([sources[picked[:, 0]], targets[picked[:, 1]]], dim=1)
 

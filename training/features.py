@@ -22,32 +22,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mimea.model.config import DataConfig
 from mimea.model.mimea import GraphInputs
 from mimea.training.data import KGPairData
 
 logger = logging.getLogger(__name__)
 
 MIN_NUMERIC_COUNT = 5  # entities needed before an attribute's values are worth standardising
+NUMERIC_TOP_K = 100  # most numeric value columns: the most widely filled numeric attributes
 LOG_SCALE_RATIO = 100.0  # max|x| / median|x| above which values are log-compressed first
 HUGE_VALUE = 1e100  # values are rescaled before standardising beyond this, so it cannot overflow
 _DATE = re.compile(r"^(-?\d{1,4})-(\d{1,2})(?:-(\d{1,2}))?(?:$|[T\s])")
-
-
-@dataclass(frozen=True)
-class FeatureOptions:
-    """How many relation/attribute features to keep and whether to use attribute values."""
-
-    relation_top_k: int = 1000
-    attribute_top_k: int = 1000
-    use_attribute_values: bool = True
-    numeric_top_k: int = 100  # at most this many numeric value columns
-
-    def __post_init__(self) -> None:
-        for name in ("relation_top_k", "attribute_top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.numeric_top_k < 0:
-            raise ValueError(f"numeric_top_k must be >= 0, got {self.numeric_top_k}")
 
 
 @dataclass(frozen=True)
@@ -155,9 +140,10 @@ def relation_bag(data: KGPairData, top_k: int) -> tuple[np.ndarray, list[str]]:
     return matrix, names
 
 
-def attribute_bag(data: KGPairData, options: FeatureOptions) -> tuple[np.ndarray, np.ndarray,
-                                                                      list[str]]:
-    """([N, Ka] features, bool [N] mask, column names) for attribute names (+ values)."""
+def attribute_bag(data: KGPairData, options: DataConfig) -> tuple[np.ndarray, np.ndarray,
+                                                                  list[str]]:
+    """([N, Ka] features, bool [N] mask, column names) for attribute names (+ values), as
+    ``options.attribute_top_k`` and ``options.use_attribute_values`` say."""
     n = data.num_entities
     short: dict[str, str] = {}  # few distinct attribute URIs, many occurrences
 
@@ -191,7 +177,7 @@ def attribute_bag(data: KGPairData, options: FeatureOptions) -> tuple[np.ndarray
     mask = np.asarray(presence.sum(axis=1)).ravel() > 0
     names = list(vocabulary)
     if options.use_attribute_values and data.attribute_values is not None:
-        numeric, numeric_mask, numeric_names = _numeric_columns(data, column_of, options)
+        numeric, numeric_mask, numeric_names = _numeric_columns(data, column_of)
         matrix = np.concatenate([matrix, numeric], axis=1)
         mask |= numeric_mask
         names += numeric_names
@@ -199,7 +185,7 @@ def attribute_bag(data: KGPairData, options: FeatureOptions) -> tuple[np.ndarray
 
 
 def _numeric_columns(data: KGPairData, column_of: dict[str, int],
-                     options: FeatureOptions) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Standardised numeric values ([N, Kn], clipped to [-3, 3]) of frequent numeric attributes."""
     assert data.attribute_values is not None
     values: dict[str, dict[int, float]] = {}
@@ -213,7 +199,7 @@ def _numeric_columns(data: KGPairData, column_of: dict[str, int],
                 values.setdefault(name, {}).setdefault(row, number)  # first value wins
     candidates = [name for name, by_row in values.items() if len(by_row) >= MIN_NUMERIC_COUNT]
     candidates.sort(key=lambda name: (-len(values[name]), name))
-    candidates = candidates[: options.numeric_top_k]
+    candidates = candidates[:NUMERIC_TOP_K]
     matrix = np.zeros((data.num_entities, len(candidates)), dtype=np.float32)
     mask = np.zeros(data.num_entities, dtype=bool)
     for col, name in enumerate(candidates):
@@ -232,9 +218,10 @@ def _numeric_columns(data: KGPairData, column_of: dict[str, int],
     return matrix, mask, [f"{name}=value" for name in candidates]
 
 
-def build_modal_inputs(data: KGPairData, options: FeatureOptions | None = None) -> ModalInputs:
-    """Graph, per-modality feature matrices and masks for every entity of ``data``."""
-    options = options or FeatureOptions()
+def build_modal_inputs(data: KGPairData, options: DataConfig | None = None) -> ModalInputs:
+    """Graph, per-modality feature matrices and masks for every entity of ``data``, built as
+    the run's ``data`` section says (its defaults when None)."""
+    options = options or DataConfig()
     n = data.num_entities
     edge_index, edge_type, num_edge_types = build_graph(data)
     structure_mask = torch.zeros(n, dtype=torch.bool)

@@ -30,7 +30,7 @@ from mimea.model.ranking import Ranking, ranking_terms, serving_terms
 from mimea.training import calibration
 from mimea.training.data import KGPairData, load_kg_pair
 from mimea.training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
-from mimea.training.features import FeatureOptions, build_modal_inputs
+from mimea.training.features import build_modal_inputs
 from mimea.training.progress import Phases, StepBar
 from mimea.training.report import RunRecord, render_report
 from mimea.training.split import AlignmentSplit, split_pairs
@@ -54,10 +54,7 @@ def prepare(data_dir: Path, config: MIMEAConfig, *, visual: Path | None = None,
     with phases.phase("load"):
         data = load_kg_pair(Path(data_dir), visual=visual, allow_pickle=allow_pickle)
     with phases.phase("features"):
-        options = FeatureOptions(relation_top_k=config.data.relation_top_k,
-                                 attribute_top_k=config.data.attribute_top_k,
-                                 use_attribute_values=config.data.use_attribute_values)
-        inputs = build_modal_inputs(data, options)
+        inputs = build_modal_inputs(data, config.data)
         for name, features in inputs.features.items():
             require_finite(features, f"the {name} features built from {data_dir}")
         split = split_pairs(data.gold, train_ratio=config.data.train_ratio,
@@ -325,7 +322,8 @@ def _metrics(result: TrainResult, test_ranks: dict[str, tuple[torch.Tensor, torc
 
 def _base_metrics(result: TrainResult, split: AlignmentSplit, config: MIMEAConfig,
                   unlabelled: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
-    """The test figures of the model selected before pseudo-labelling (iterative runs)."""
+    """The test figures of the model selected before pseudo-labelling (runs with
+    pseudo-labels)."""
     assert result.base is not None
     return {"test": evaluate_embeddings(result.base.joint, split.test, config.eval, unlabelled),
             "epochs": result.base.epochs, "best_epoch": result.base.best_epoch,

@@ -1,8 +1,9 @@
 """The training loop: AdamW on seed pairs, best-on-valid selection, optional pseudo-labelling.
 
-A run is a sequence of stages: the base fit on the seed pairs (:func:`fit_base`), then, when
-``training.iterative``, rounds that only re-seed the propagated labels (:func:`label_rounds`)
-and rounds that train the network on pseudo-labels too (:func:`pseudo_label_rounds`).
+A run is a sequence of stages: the base fit on the seed pairs (:func:`fit_base`), then
+``training.label_rounds`` rounds that only re-seed the propagated labels (:func:`label_rounds`)
+and ``training.iterations`` rounds that train the network on pseudo-labels too
+(:func:`pseudo_label_rounds`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mimea.model.finite import NonFiniteError, require_finite
 from mimea.model.mimea import MIMEA, GraphInputs, MIMEAOutput, active_modalities
 from mimea.model.objective import StepObjective
 from mimea.model.propagation import propagate_seed_labels, with_propagation
-from mimea.training.evaluation import mutual_nearest_pairs, validation_metrics
+from mimea.training.evaluation import mutual_plan_pairs, validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class BaseStage:
-    """The model selected before pseudo-labelling began (iterative runs only); ``joint`` is
-    the embedding it ranks with (propagated seed labels included)."""
+    """The model selected before pseudo-labelling began (runs with pseudo-labels only);
+    ``joint`` is the embedding it ranks with (propagated seed labels included)."""
 
     joint: torch.Tensor
     epochs: int
@@ -163,15 +164,15 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     """Train MIMEA and return the state that scored best on the validation pairs.
 
     ``candidate_rows`` are the KG1 and KG2 entity rows in no training or validation pair: the
-    entities eligible for pseudo-labels (required when ``config.training.iterative``) and, for
-    KG2, distractors in validation. With ``shard`` one of several processes (their process
-    group initialised), the processes train one model data-parallel.
+    entities eligible for pseudo-labels (required when the run has label or network rounds)
+    and, for KG2, distractors in validation. With ``shard`` one of several processes (their
+    process group initialised), the processes train one model data-parallel.
     """
     if len(train_pairs) == 0:
         raise ValueError("no training pairs: the seed share of the gold alignment is empty; "
                          "raise data.train_ratio or provide more gold pairs")
-    if config.training.iterative and candidate_rows is None:
-        raise ValueError("iterative training needs candidate_rows")
+    if config.training.pseudo_labelling and candidate_rows is None:
+        raise ValueError("pseudo-labelling (label_rounds or iterations) needs candidate_rows")
     start = time.perf_counter()
     seed_everything(config.training.seed)
     run = _Run(config, inputs, valid_pairs, candidate_rows, device=device, shard=shard,
@@ -179,7 +180,7 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
     train_pairs = train_pairs.to(device)
     fit_base(run, train_pairs)
     base, pseudo = None, train_pairs.new_empty((0, 2))
-    if not config.training.iterative:
+    if not config.training.pseudo_labelling:
         run.restore_best()
         propagated = _final_labels(run, train_pairs, pseudo)
     elif config.training.iterations:
@@ -199,8 +200,8 @@ def train_model(config: MIMEAConfig, inputs: GraphInputs, train_pairs: torch.Ten
 
 
 def fit_base(run: _Run, train_pairs: torch.Tensor) -> None:
-    """The base fit: the seed pairs alone, for ``training.epochs`` (what a non-iterative run
-    is, and what pseudo-labelling starts from)."""
+    """The base fit: the seed pairs alone, for ``training.epochs`` (what a run without
+    pseudo-labels is, and what pseudo-labelling starts from)."""
     run.fit(train_pairs, run.config.training.epochs)
 
 
@@ -271,7 +272,7 @@ def _snapshots(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
 def _base_stage(run: _Run, learned: torch.Tensor, train_pairs: torch.Tensor,
                 start: float) -> BaseStage:
     """The selected model (its ``learned`` joint embedding) before any pseudo-label, ranked
-    as a non-iterative run ranks it."""
+    as a run without pseudo-labels ranks it."""
     labelled = torch.cat([train_pairs, run.valid_pairs])
     joint = with_propagation(learned, propagate(run.config, run.inputs, labelled),
                              run.config.model.propagation_weight)
@@ -288,7 +289,7 @@ def propagate(config: MIMEAConfig, inputs: GraphInputs,
     return propagate_seed_labels(inputs.edge_index, inputs.edge_type, inputs.num_entities, seeds,
                                  dim=config.model.propagation_dim,
                                  hops=config.model.propagation_hops, seed=config.training.seed,
-                                 directed=config.model.propagation_directed,
+                                 directed=config.model.directed_labels,
                                  hub_damping=config.model.propagation_hub_damping,
                                  num_edge_types=inputs.num_edge_types)
 
@@ -347,17 +348,14 @@ class _Run:
 
     def mutual_pairs(self, learned: torch.Tensor,
                      labels: torch.Tensor | None) -> set[tuple[int, int]]:
-        """The candidate pairs that ``learned`` with ``labels`` appended pairs up both ways,
-        decoded as ``training.pseudo_labels`` says."""
+        """The candidate pairs that ``learned`` with ``labels`` appended pairs up both ways:
+        the mutual picks of the Sinkhorn plan over their CSLS scores."""
         config = self.config
-        assert self.candidates is not None  # train_model checks iterative runs have them
+        assert self.candidates is not None  # train_model checks pseudo-labelling runs have them
         sources, targets = self.candidates
-        found = mutual_nearest_pairs(
+        found = mutual_plan_pairs(
             with_propagation(learned, labels, config.model.propagation_weight), sources,
-            targets, k=config.eval.csls_k,
-            method="sinkhorn" if config.training.pseudo_labels == "sinkhorn" else "csls",
-            agree_with_sinkhorn=config.training.pseudo_labels == "agreement",
-            sinkhorn_reg=config.training.pseudo_label_reg,
+            targets, k=config.eval.csls_k, sinkhorn_reg=config.training.pseudo_label_reg,
             sinkhorn_iterations=config.eval.sinkhorn_iterations)
         return {tuple(p) for p in found.tolist()}
 

@@ -37,7 +37,7 @@ def test_record_adds_an_iterative_runs_two_rows_and_replaces_them_when_rerun(
     write_synthetic_pair(pair, SyntheticSpec(num_entities=300, seed=5))
     config = load_config(None, ["model.hidden_dim=16", "training.epochs=2",
                                 "loss.negatives=64", "training.device=cpu",
-                                "training.iterative=true", "training.iterations=1",
+                                "training.label_rounds=2", "training.iterations=1",
                                 "training.iteration_epochs=1"])
     metrics = run_training(pair, checkpoint, config, progress=False)
     for _ in range(2):

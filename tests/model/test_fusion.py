@@ -27,11 +27,10 @@ def _mask() -> torch.Tensor:
     return mask
 
 
-def _fusion(interaction: bool = True, learned: bool = True, heads: int = 1,
+def _fusion(interaction: bool = True, learned: bool = True,
             seed: int = 0) -> ProbabilityGuidedFusion:
     torch.manual_seed(seed)
-    return ProbabilityGuidedFusion(DIMS, token_dim=8, heads=heads, interaction=interaction,
-                                   learned=learned)
+    return ProbabilityGuidedFusion(DIMS, token_dim=8, interaction=interaction, learned=learned)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -198,16 +197,10 @@ def test_wrong_number_of_modalities_rejected(embeddings: int, mask_cols: int) ->
         _fusion()([torch.randn(N, 4)] * embeddings, torch.ones(N, mask_cols, dtype=torch.bool))
 
 
-def test_token_dim_must_divide_by_heads() -> None:
-    with pytest.raises(ValueError, match="divisible by heads"):
-        ProbabilityGuidedFusion(DIMS, token_dim=10, heads=3)
-
-
-@pytest.mark.parametrize("heads", [1, 2])
-def test_reset_parameters_initialises_attention_as_torch_does(heads: int) -> None:
+def test_reset_parameters_initialises_attention_as_torch_does() -> None:
     """Same numbers as MultiheadAttention's own (private) initialisation, from the same
     random state."""
-    fusion = _fusion(heads=heads)
+    fusion = _fusion()
     reference = copy.deepcopy(fusion)
     torch.manual_seed(7)
     fusion.reset_parameters()

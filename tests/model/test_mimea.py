@@ -126,6 +126,5 @@ def test_graph_inputs_to_device_keeps_content(graph_inputs: GraphInputs) -> None
 
 
 def test_repr(model_config: ConfigFactory, make_inputs: InputsFactory) -> None:
-    model = build(model_config(concat_layers=False, relation_channel=False),
-                  make_inputs(features=("visual",)))
-    assert repr(model) == "MIMEA(modalities=['structure', 'visual'], joint_dim=32)"
+    model = build(model_config(relation_channel=False), make_inputs(features=("visual",)))
+    assert repr(model) == "MIMEA(modalities=['structure', 'visual'], joint_dim=64)"

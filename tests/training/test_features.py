@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from mimea.model.config import DataConfig
 from mimea.training.data import load_kg_pair
-from mimea.training.features import (
-    FeatureOptions,
-    ModalInputs,
-    build_modal_inputs,
-    local_name,
-    parse_number,
-)
+from mimea.training.features import ModalInputs, build_modal_inputs, local_name, parse_number
 
 PairWriter = Callable[..., Path]
 
@@ -85,7 +80,7 @@ def test_relation_bag_normalised_and_masked(tiny: ModalInputs) -> None:
 
 
 def test_relation_top_k_limits_columns(write_pair: PairWriter) -> None:
-    inputs = build_modal_inputs(load_kg_pair(write_pair()), FeatureOptions(relation_top_k=2))
+    inputs = build_modal_inputs(load_kg_pair(write_pair()), DataConfig(relation_top_k=2))
     assert inputs.features["relation"].shape[1] == 2
     # the most frequent feature (kg1 relation 0 as head, twice) comes first
     assert inputs.feature_names["relation"][0] == "kg1:0:out"
@@ -114,7 +109,7 @@ def test_numeric_values_are_standardised_columns(write_pair: PairWriter) -> None
     assert column[:4].tolist() == sorted(column[:4].tolist())  # order of the years kept
     assert column.abs().max() <= 3.0 and column[5] == 0.0
     assert abs(float(column[[0, 1, 2, 3, 4]].mean())) < 1e-5
-    off = build_modal_inputs(load_kg_pair(write_pair()), FeatureOptions(use_attribute_values=False))
+    off = build_modal_inputs(load_kg_pair(write_pair()), DataConfig(use_attribute_values=False))
     assert not any(n.endswith("=value") for n in off.feature_names["attribute"])
 
 

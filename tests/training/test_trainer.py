@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -14,6 +15,7 @@ import torch
 from mimea.model.config import MIMEAConfig, TrainingConfig, load_config
 from mimea.model.device import resolve_device
 from mimea.model.finite import NonFiniteError
+from mimea.model.mimea import MIMEAOutput
 from mimea.model.objective import StepObjective, batch_terms, plan_rows
 from mimea.training import trainer as trainer_module
 from mimea.training.pipeline import PreparedData, prepare
@@ -77,8 +79,9 @@ def test_without_validation_pairs_trains_every_epoch(synthetic_dir: Path,
 def _train_iterative(synthetic_dir: Path, tiny_overrides: list[str], iterations: int,
                      iteration_epochs: int,
                      extra: list[str] | None = None) -> tuple[PreparedData, TrainResult]:
-    """Iterative training with every entity of each KG eligible for pseudo-labels."""
-    config = _config(tiny_overrides, "training.iterative=true",
+    """Pseudo-labelling (two label rounds unless ``extra`` says otherwise, then
+    ``iterations`` network rounds) with every entity of each KG eligible for pseudo-labels."""
+    config = _config(tiny_overrides, "training.label_rounds=2",
                      f"training.iterations={iterations}",
                      f"training.iteration_epochs={iteration_epochs}", "training.patience=10",
                      *(extra or []))
@@ -131,7 +134,7 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     def fake_mutual(*_: object, **__: object) -> torch.Tensor:
         return torch.tensor(next(found))
 
-    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    monkeypatch.setattr(trainer_module, "mutual_plan_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=2,
                                  iteration_epochs=1, extra=["training.label_rounds=0"])
@@ -140,33 +143,25 @@ def test_pseudo_labels_persist_between_the_ended_and_the_best_state(
     assert result.pseudo_pairs == 1
 
 
-@pytest.mark.parametrize(("pseudo_labels", "decoding"), [("csls", ("csls", False)),
-                                                         ("sinkhorn", ("sinkhorn", False)),
-                                                         ("agreement", ("csls", True))])
-def test_pseudo_labels_option_picks_the_decoding(
-        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch,
-        pseudo_labels: str, decoding: tuple[str, bool]) -> None:
-    # Each option asks every state for its own decoding and trains on exactly what comes back:
-    # CSLS alone finds (0, 50) and (1, 51); with the Sinkhorn agreement, (1, 51); the
-    # Sinkhorn plan alone, (2, 52).
-    found = {("csls", False): [(0, 50), (1, 51)], ("csls", True): [(1, 51)],
-             ("sinkhorn", False): [(2, 52)]}
-    asked: list[tuple[str, bool]] = []
+def test_pseudo_labels_are_plan_picks_at_their_own_entropy(
+        synthetic_dir: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every state is decoded by the Sinkhorn plan at training.pseudo_label_reg (not the
+    # ranking's eval.sinkhorn_reg), and the round trains on exactly what comes back.
+    asked: list[object] = []
 
-    def fake_mutual(*_: object, method: str = "csls", agree_with_sinkhorn: bool = False,
-                    **__: object) -> torch.Tensor:
-        asked.append((method, agree_with_sinkhorn))
-        return torch.tensor(found[method, agree_with_sinkhorn])
+    def fake_mutual(*_: object, sinkhorn_reg: float, **__: object) -> torch.Tensor:
+        asked.append(sinkhorn_reg)
+        return torch.tensor([(2, 52)])
 
-    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    monkeypatch.setattr(trainer_module, "mutual_plan_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     _, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
                                  iteration_epochs=1,
-                                 extra=[f"training.pseudo_labels={pseudo_labels}",
+                                 extra=["training.pseudo_label_reg=0.007",
                                         "training.label_rounds=0"])
-    assert asked == [decoding, decoding]  # the ended and the best state
-    assert trained_on[1] - trained_on[0] == set(found[decoding])
-    assert result.pseudo_pairs == len(found[decoding])
+    assert asked == [0.007, 0.007]  # the ended and the best state
+    assert trained_on[1] - trained_on[0] == {(2, 52)}
+    assert result.pseudo_pairs == 1
 
 
 def test_label_rounds_reseed_the_labels_before_the_first_network_round(
@@ -182,7 +177,7 @@ def test_label_rounds_reseed_the_labels_before_the_first_network_round(
         decoded.append(joint)
         return torch.tensor(next(found))
 
-    monkeypatch.setattr(trainer_module, "mutual_nearest_pairs", fake_mutual)
+    monkeypatch.setattr(trainer_module, "mutual_plan_pairs", fake_mutual)
     trained_on = _record_fits(monkeypatch)
     data, result = _train_iterative(synthetic_dir, tiny_overrides, iterations=1,
                                     iteration_epochs=1, extra=["training.label_rounds=2"])
@@ -251,15 +246,16 @@ def test_every_fit_propagates_the_pairs_it_trains_on(
     assert result.base is not None and result.base.joint.shape[1] == result.joint(learned).shape[1]
 
 
-def test_non_iterative_training_has_no_base_stage(synthetic_dir: Path,
-                                                  tiny_overrides: list[str]) -> None:
+def test_training_without_pseudo_labels_has_no_base_stage(synthetic_dir: Path,
+                                                          tiny_overrides: list[str]) -> None:
     config = _config(tiny_overrides)
     assert _train(prepare(synthetic_dir, config), config).base is None
 
 
-def test_iterative_training_needs_candidates(synthetic_dir: Path,
-                                             tiny_overrides: list[str]) -> None:
-    config = _config(tiny_overrides, "training.iterative=true")
+@pytest.mark.parametrize("rounds", ["training.label_rounds=1", "training.iterations=1"])
+def test_pseudo_labelling_needs_candidates(synthetic_dir: Path, tiny_overrides: list[str],
+                                           rounds: str) -> None:
+    config = _config(tiny_overrides, rounds)
     with pytest.raises(ValueError, match="candidate_rows"):
         _train(prepare(synthetic_dir, config), config)
 
@@ -344,6 +340,16 @@ def test_steps_per_epoch_bounds_the_passes_over_the_graph(pairs: int) -> None:
         assert sum(step.weights) == pytest.approx(1.0)
 
 
+def _rows_of(output: MIMEAOutput, positions: torch.Tensor) -> MIMEAOutput:
+    """``output`` at ``positions`` (a scalar, the fusion's KL, whole)."""
+    fusion = output.fusion
+    return MIMEAOutput(
+        modal=[h[positions] for h in output.modal], mask=output.mask[positions],
+        fusion=dataclasses.replace(fusion, **{
+            f.name: value[positions] if value.dim() else value
+            for f in dataclasses.fields(fusion) for value in [getattr(fusion, f.name)]}))
+
+
 def test_a_step_of_several_batches_has_the_gradient_of_their_weighted_sum(
         synthetic_dir: Path, tiny_overrides: list[str]) -> None:
     # Each batch's gradient is taken on its own against detached copies of the shared pass;
@@ -364,10 +370,13 @@ def test_a_step_of_several_batches_has_the_gradient_of_their_weighted_sum(
         return [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
 
     def weighted_sum() -> torch.Tensor:
+        # Each batch's terms from its own rows of the shared pass, on one autograd graph.
         rows, plans = plan_rows(config.loss, data.inputs.num_entities, batches)
         output = model(data.inputs, rows=rows)
-        return torch.stack([weight * batch_terms(model, output, plan, config.loss)["total"]
-                            for plan, weight in zip(plans, weights, strict=True)]).sum()
+        return torch.stack([
+            weight * batch_terms(model, _rows_of(output, plan.positions), plan,
+                                 config.loss)["total"]
+            for plan, weight in zip(plans, weights, strict=True)]).sum()
 
     stepped = gradients(lambda: StepObjective(model, data.inputs, config.loss)(
         batches, weights)[0])
