@@ -178,8 +178,8 @@ class StructureEncoder(nn.Module):
         the edges into the ``wanted`` rows (bool ``[N]``; ``None``: every row).
 
         ``GATConv`` (which adds its own self-loops) takes the edges and a relation score per
-        edge; a reflection layer takes the edges grouped by target and relation, and each
-        group's unit relation vector.
+        edge; a reflection layer takes the edges grouped by target and relation, and the unit
+        vector of each relation type (a zero row last).
         """
         if self.conv == "gat":
             scores = self.edge_score(edge_type) if self.edge_score is not None else None
@@ -200,7 +200,7 @@ class StructureEncoder(nn.Module):
                                                num_nodes=self.num_entities)
         groups = RelationGroups.from_edges(edge_index, types, self.num_entities)
         last = groups if wanted is None else groups.restrict(wanted)
-        return (groups, vectors[groups.edge_type]), (last, vectors[last.edge_type])
+        return (groups, vectors), (last, vectors)
 
     def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, inputs: tuple,
                    last_inputs: tuple) -> list[torch.Tensor]:
