@@ -1,6 +1,6 @@
 """``bench/results/scale.json``, the file the scale benchmarks share (decode, evaluate, train,
-align, serve rows): one row per task, dataset, size and process count; and how those benchmarks
-measure a step run in a process of its own."""
+align, serve rows): one row per task, dataset, size, process count and thread count; and how
+those benchmarks measure a step run in a process of its own."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def measured_run(command: list[str]) -> tuple[float, float, str]:
     return float(wall), float(peak), done.stdout
 
 
-def _key(row: dict[str, Any]) -> tuple[str, str, int, int]:
-    return row["task"], row["dataset"], row["entities_per_kg"], row.get("processes", 1)
+def _key(row: dict[str, Any]) -> tuple[str, str, int, int, int]:
+    return (row["task"], row["dataset"], row["entities_per_kg"], row.get("processes") or 1,
+            row.get("threads") or 1)
 
 
 def save_rows(rows: list[dict[str, Any]], path: Path = RESULTS) -> None:

@@ -118,7 +118,7 @@ class TrainingConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=8)
     steps_per_epoch: int = Field(
-        0, ge=0, description="most optimiser steps per epoch, each one pass over the graph; "
+        4, ge=0, description="most optimiser steps per epoch, each one pass over the graph; "
         "beyond, a step takes several batches (each with its own negatives) sharing one pass, "
         "so an epoch's cost grows with the pairs, not pairs x entities; 0: a step per batch")
     lr: float = Field(0.005, gt=0.0)

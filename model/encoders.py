@@ -138,7 +138,7 @@ class StructureEncoder(nn.Module):
                       wanted: torch.Tensor | None) -> tuple[tuple, tuple]:
         """The arguments of every layer but the last, and of the last one, which only needs
         the edges into the ``wanted`` rows (bool ``[N]``; ``None``: every row): the edges
-        grouped by target and relation, and each group's unit relation vector."""
+        grouped by target and relation, and the unit vector of each relation type."""
         # A zero vector, appended as the last row, reflects nothing; it stands for every edge
         # when relation awareness is off.
         vectors = self.entity.weight.new_zeros((1, self.hidden_dim))
@@ -148,7 +148,7 @@ class StructureEncoder(nn.Module):
             types = edge_type
         groups = RelationGroups.from_edges(edge_index, types, self.num_entities)
         last = groups if wanted is None else groups.restrict(wanted)
-        return (groups, vectors[groups.edge_type]), (last, vectors[last.edge_type])
+        return (groups, vectors), (last, vectors)
 
     def _propagate(self, layers: nn.ModuleList, h: torch.Tensor, inputs: tuple,
                    last_inputs: tuple) -> list[torch.Tensor]:
