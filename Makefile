@@ -83,8 +83,8 @@ serve: $(STAMP) $(DEMO_CHECKPOINT)
 	  --host $(HOST) --port $(PORT)
 
 bench: $(STAMP)
-	$(BIN)/python bench/accuracy.py
-	$(BIN)/python bench/serve.py
+	$(BIN)/python -m bench.accuracy
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache demo

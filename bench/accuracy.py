@@ -4,10 +4,10 @@ Runs the full model on DBP15K zh_en (30% seeds) and FB15K-DB15K (20% seeds), opt
 iterative variant and the ablations (each module and each modality off), and writes
 ``bench/results/accuracy.json`` and the ``## Accuracy`` table of ``BENCHMARKS.md``.
 
-    python bench/accuracy.py                       # full runs
-    python bench/accuracy.py --only ablations --ablation-epochs 20
-    python bench/accuracy.py --only zh_en --keep-checkpoints checkpoints
-    python bench/accuracy.py --only zh_en --record CKPT   # a run made with `mimea train`
+    python -m bench.accuracy                       # full runs
+    python -m bench.accuracy --only ablations --ablation-epochs 20
+    python -m bench.accuracy --only zh_en --keep-checkpoints checkpoints
+    python -m bench.accuracy --only zh_en --record CKPT   # a run made with `mimea train`
 
 Every run appends to the results file as soon as it ends, so a long sweep can be resumed
 with ``--skip-done``.
@@ -18,18 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mimea.model.config import load_config, saved_config
+from mimea.training.pipeline import run_training
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from mimea.model.config import load_config, saved_config  # noqa: E402
-from mimea.training.pipeline import run_training  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"

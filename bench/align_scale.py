@@ -18,8 +18,8 @@ the rest as test pairs. Each step runs in a process of its own, so that its peak
 
 Rows go to ``bench/results/scale.json`` (dataset ``planted-d<dim>``).
 
-    python bench/align_scale.py --entities 100000 --work /tmp/align_100k
-    nohup python bench/align_scale.py --entities 1000000 --work /tmp/align_1m > /tmp/a1m.log &
+    python -m bench.align_scale --entities 100000 --work /tmp/align_100k
+    nohup python -m bench.align_scale --entities 1000000 --work /tmp/align_1m > /tmp/a1m.log &
 """
 
 from __future__ import annotations
@@ -38,14 +38,13 @@ import httpx
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.scale_results import measured_run, save_rows
+from bench.server_process import Server
+from bench.sparse_decode import planted
+from mimea.model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint
+from mimea.model.config import MIMEAConfig
 
-from bench.scale_results import measured_run, save_rows  # noqa: E402
-from bench.server_process import Server  # noqa: E402
-from bench.sparse_decode import planted  # noqa: E402
-from mimea.model.checkpoint import EmbeddingTables, EntityTable, write_checkpoint  # noqa: E402
-from mimea.model.config import MIMEAConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MIMEA = ROOT / ".venv" / "bin" / "mimea"
 QUERIES = 300  # sequential requests per latency figure

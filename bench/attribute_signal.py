@@ -4,13 +4,12 @@ Ranks the DBP15K zh_en test pairs (30% seeds, seed 42: the split every accuracy 
 the cosine of the two entities' attribute bags, and by bags extended with their one- and
 two-hop neighbourhoods' bags, and prints Hits@1 / Hits@10 / MRR for each.
 
-    python bench/attribute_signal.py [--data ../shared/data/dbp15k/zh_en]
+    python -m bench.attribute_signal [--data ../shared/data/dbp15k/zh_en]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mimea.training.data import load_kg_pair
+from mimea.training.evaluation import gold_ranks, ranking_metrics
+from mimea.training.features import local_name
+from mimea.training.split import split_pairs
 
-from mimea.training.data import load_kg_pair  # noqa: E402
-from mimea.training.evaluation import gold_ranks, ranking_metrics  # noqa: E402
-from mimea.training.features import local_name  # noqa: E402
-from mimea.training.split import split_pairs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
 

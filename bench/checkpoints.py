@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # the bench process loads torch only when it builds a synthet
 
 ROOT = Path(__file__).resolve().parents[1]
 ZH_EN_DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
-# Where `python bench/accuracy.py --only zh_en --keep-checkpoints checkpoints` writes it.
+# Where `python -m bench.accuracy --only zh_en --keep-checkpoints checkpoints` writes it.
 ZH_EN_CHECKPOINT = ROOT / "checkpoints" / "dbp15k_zh_en_iterative"
 ZH_EN_SIZES = (19_388, 19_572)
 

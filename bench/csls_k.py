@@ -16,7 +16,7 @@ With ``--sinkhorn-reg``, each setting is also ranked by the Sinkhorn ranking at 
 entropies (the plan over the same pools; ``eval.sinkhorn_reg``): two plans of about 15,000 ×
 15,000 entities per entropy, minutes each on one thread.
 
-    python bench/csls_k.py --checkpoint CKPT [--data ../shared/data/dbp15k/zh_en] [--k 1 2 3 5 10]
+    python -m bench.csls_k --checkpoint CKPT [--data ../shared/data/dbp15k/zh_en] [--k 1 2 3 5 10]
         [--weight 0.5 0.7] [--dim 128 256] [--hops 2 3] [--damping 0.25 0.5]
         [--sinkhorn-reg 0.001 0.002 0.005]
 """
@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.config import saved_config
+from mimea.model.propagation import with_propagation
+from mimea.training.evaluation import evaluate_pairs, pooled_metrics
+from mimea.training.pipeline import learned_columns, prepare, unlabelled_rows
+from mimea.training.trainer import propagate
 
-from mimea.model.checkpoint import load_checkpoint  # noqa: E402
-from mimea.model.config import saved_config  # noqa: E402
-from mimea.model.propagation import with_propagation  # noqa: E402
-from mimea.training.evaluation import evaluate_pairs, pooled_metrics  # noqa: E402
-from mimea.training.pipeline import learned_columns, prepare, unlabelled_rows  # noqa: E402
-from mimea.training.trainer import propagate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data" / "dbp15k" / "zh_en"
 

@@ -15,7 +15,7 @@ precision-recall curve per data set to ``bench/results/decisions_<dataset>_*.png
   that timing (a fresh process, load included) is merged into ``bench/results/scale.json``;
 - ``synthetic``: a synthetic pair with 20% of each KG's entities in that KG only, trained here.
 
-    python bench/decisions.py [--datasets zh_en synthetic] [--checkpoint /work/ckpts/zh_en]
+    python -m bench.decisions [--datasets zh_en synthetic] [--checkpoint /work/ckpts/zh_en]
         [--decided /work/ckpts/zh_en_decisions] [--redecide]
 """
 
@@ -35,23 +35,22 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.scale_results import measured_run  # noqa: E402
-from bench.scale_results import save_rows as save_scale_rows  # noqa: E402
-from mimea.model.checkpoint import load_checkpoint  # noqa: E402
-from mimea.model.config import load_config  # noqa: E402
-from mimea.model.decisions import Decisions, stored_decisions  # noqa: E402
-from mimea.training.calibration import (  # noqa: E402
+from bench.scale_results import measured_run
+from bench.scale_results import save_rows as save_scale_rows
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.config import load_config
+from mimea.model.decisions import Decisions, stored_decisions
+from mimea.training.calibration import (
     decide_checkpoint,
     decision_metrics,
     expected_calibration_error,
     record_decisions,
     write_decisions,
 )
-from mimea.training.pipeline import run_training, split_rows  # noqa: E402
-from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from mimea.training.pipeline import run_training, split_rows
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 ZH_EN = Path("/work/ckpts/zh_en")

@@ -60,11 +60,11 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.ranking import serving_terms
-from model.similarity import build_ip_index, gpu_count, normalise
-from service.aligner import Aligner
-from service.settings import Settings
+from mimea.model.checkpoint import load_checkpoint
+from mimea.model.ranking import serving_terms
+from mimea.model.similarity import build_ip_index, gpu_count, normalise
+from mimea.service.aligner import Aligner
+from mimea.service.settings import Settings
 
 work = Path(os.environ["WORK"])
 device = os.environ["DEVICE"]

@@ -1,6 +1,6 @@
 """Hostile and careless clients against a real server: does the service stay up and fair?
 
-    python bench/reliability_api.py [--checkpoint DIR] [--entities 8000] \
+    python -m bench.reliability_api [--checkpoint DIR] [--entities 8000] \
         [--out bench/results/reliability_api.json]
 
 Starts ``python -m mimea.service.cli serve`` on 127.0.0.1 (``bench/server_process.py``) with an API
@@ -42,13 +42,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/reliability_api.py`` from anywhere
-    sys.path.insert(0, str(ROOT))
+from bench.checkpoints import build_synthetic
+from bench.loadgen import run_load
+from bench.server_process import NAMESPACE, Server, flush_namespace, redis_ok
 
-from bench.checkpoints import build_synthetic  # noqa: E402
-from bench.loadgen import run_load  # noqa: E402
-from bench.server_process import NAMESPACE, Server, flush_namespace, redis_ok  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY = "bench-key"
 BIG_BODY = 200_000_000

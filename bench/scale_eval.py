@@ -10,7 +10,7 @@ ranking of the test pairs and the served ranking among every entity), each in it
 so its peak RSS is its own. Rows go to ``bench/results/scale.json``.
 
     mimea demo-data --out /tmp/d110k --entities 110000
-    python bench/scale_eval.py --data /tmp/d110k --work /tmp/scale_eval
+    python -m bench.scale_eval --data /tmp/d110k --work /tmp/scale_eval
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.scale_results import measured_run, save_rows  # noqa: E402
-from mimea.model.checkpoint import (  # noqa: E402
+from bench.scale_results import measured_run, save_rows
+from mimea.model.checkpoint import (
     EmbeddingTables,
     EntityTable,
     load_checkpoint,
     write_checkpoint,
 )
-from mimea.model.config import MIMEAConfig  # noqa: E402
-from mimea.training.data import load_kg_pair  # noqa: E402
-from mimea.training.split import split_pairs  # noqa: E402
+from mimea.model.config import MIMEAConfig
+from mimea.training.data import load_kg_pair
+from mimea.training.split import split_pairs
 
 
 def planted_checkpoint(data_dir: Path, out: Path, *, dim: int, noise: float,
@@ -113,8 +110,8 @@ def main() -> None:
     shape = planted_checkpoint(args.data, checkpoint, dim=args.dim, noise=args.noise, seed=0)
     dataset = f"synthetic-planted-{args.data.name}"
     base = {"dataset": dataset, **shape, "threads": threads}
-    wall, rss, _ = measured_run([sys.executable, __file__, "--data", str(args.data), "--work",
-                          str(args.work), "--step", "terms"])
+    wall, rss, _ = measured_run([sys.executable, "-m", "bench.scale_eval", "--data",
+                                 str(args.data), "--work", str(args.work), "--step", "terms"])
     rows = [{"task": "decode", **base, "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}]
     wall, rss, out = measured_run([sys.executable, "-m", "mimea_cli", "evaluate", "--checkpoint",
                             str(checkpoint), "--json"])

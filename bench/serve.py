@@ -1,6 +1,6 @@
 """Serving benchmark: a real uvicorn server under load, the raw index floor, and index scaling.
 
-    python bench/serve.py [--checkpoint DIR] [--quick] [--out bench/results/serve.json]
+    python -m bench.serve [--checkpoint DIR] [--quick] [--out bench/results/serve.json]
 
 1. Floor: in this process, the FAISS search alone (one query, a batch) and a brute-force torch
    matmul ranking, on the same checkpoint and thread count as the server (``bench/floor.py``).
@@ -43,16 +43,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/serve.py`` from anywhere
-    sys.path.insert(0, str(ROOT))
+from bench.checkpoints import choose_checkpoint
+from bench.floor import measure_floor
+from bench.load_runs import run_matrix, soak
+from bench.loadgen import drive_main, get_request, run_load
+from bench.scaling import measure_scaling
+from bench.server_process import NAMESPACE, Server, flush_namespace, redis_ok
 
-from bench.checkpoints import choose_checkpoint  # noqa: E402
-from bench.floor import measure_floor  # noqa: E402
-from bench.load_runs import run_matrix, soak  # noqa: E402
-from bench.loadgen import drive_main, get_request, run_load  # noqa: E402
-from bench.scaling import measure_scaling  # noqa: E402
-from bench.server_process import NAMESPACE, Server, flush_namespace, redis_ok  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROUTES = ("candidates", "align")
 CACHES = ("off", "cold", "warm")
@@ -102,7 +100,7 @@ def compare(args: argparse.Namespace, checkpoint: Path, uris: list[str], env: di
                             (side, metric or "default")])) for k in keys}
         for side, _, _, metric in sides}
     return {"baseline": str(args.baseline), "rounds": args.rounds, "medians": medians,
-            "runs": runs, "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]])}
+            "runs": runs, "command": " ".join(["python", "-m", "bench.serve", *sys.argv[1:]])}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -264,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "soak": soak_result, "notes": notes,
             "e2e_single_over_faiss_single": (round(single["p50_ms"] / floor["faiss_single_ms"], 2)
                                              if single else None),
-            "command": " ".join(["python", "bench/serve.py", *(argv or sys.argv[1:])]),
+            "command": " ".join(["python", "-m", "bench.serve", *(argv or sys.argv[1:])]),
             "wall_s": round(time.time() - started, 1),
         }
         if args.out.is_file():  # measured by --baseline runs, kept until the next one

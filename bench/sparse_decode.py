@@ -8,8 +8,8 @@ planted pairs against every KG2 row by CSLS and by the plan. It records wall tim
 (data generation excluded from ``wall_s``), peak RSS and accuracy in
 ``bench/results/scale.json`` (rows of the same size replaced).
 
-    python bench/sparse_decode.py --entities 100000
-    nohup python bench/sparse_decode.py --entities 1000000 > /tmp/decode_1m.log 2>&1 &
+    python -m bench.sparse_decode --entities 100000
+    nohup python -m bench.sparse_decode --entities 1000000 > /tmp/decode_1m.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.scale_results import save_rows  # noqa: E402
-from mimea.model.similarity import (  # noqa: E402
+from bench.scale_results import save_rows
+from mimea.model.similarity import (
     candidate_edges,
     csls_means,
     csls_scores,

@@ -11,8 +11,8 @@ training learned, not a benchmark of accuracy (a few epochs). Rows go to
 ``bench/results/scale.json`` (rows of the same task, dataset, size and process count
 replaced); ``bench/results/train_scale.png`` plots seconds per epoch against entities per KG.
 
-    python bench/train_scale.py /work/scale/d10k /work/scale/d40k /work/scale/d110k
-    python bench/train_scale.py --processes 2 --threads 1 /work/scale/d10k
+    python -m bench.train_scale /work/scale/d10k /work/scale/d40k /work/scale/d110k
+    python -m bench.train_scale --processes 2 --threads 1 /work/scale/d10k
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,12 +32,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mimea.model.config import MIMEAConfig, load_config
+from mimea.training.pipeline import prepare, unlabelled_rows
+from mimea.training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
 
-from mimea.model.config import MIMEAConfig, load_config  # noqa: E402
-from mimea.training.pipeline import prepare, unlabelled_rows  # noqa: E402
-from mimea.training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 PLOT = ROOT / "bench" / "results" / "train_scale.png"
@@ -155,7 +155,7 @@ def _row(args: argparse.Namespace, config: MIMEAConfig, figures: dict[str, Any],
 
 def run_one(data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Measure ``data`` in fresh processes and return the row rank 0 printed."""
-    own = [str(Path(__file__).resolve()), "--worker", str(data), "--epochs", str(args.epochs),
+    own = ["-m", "bench.train_scale", "--worker", str(data), "--epochs", str(args.epochs),
            "--threads", str(args.threads), "--processes", str(args.processes),
            "--steps-per-epoch", str(args.steps_per_epoch)]
     for item in args.set:
@@ -164,7 +164,10 @@ def run_one(data: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone",
                      f"--nproc-per-node={args.processes}"]
-    done = subprocess.run([*launcher, *own], check=True, stdout=subprocess.PIPE, text=True)
+    # ``-m bench.train_scale`` (torchrun passes ``-m`` on to each worker) finds the checkout
+    # through PYTHONPATH, wherever the command was run from.
+    done = subprocess.run([*launcher, *own], check=True, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mimea.model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from mimea.model.config import saved_config  # noqa: E402
-from mimea.model.ranking import score_form  # noqa: E402
-from mimea.model.similarity import normalise  # noqa: E402
-from mimea.training.pipeline import split_rows  # noqa: E402
+from mimea.model.checkpoint import Checkpoint, load_checkpoint
+from mimea.model.config import saved_config
+from mimea.model.ranking import score_form
+from mimea.model.similarity import normalise
+from mimea.training.pipeline import split_rows
 
 
 def served_scores(checkpoint: Checkpoint, sources: torch.Tensor) -> tuple[torch.Tensor,

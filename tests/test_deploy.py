@@ -309,8 +309,8 @@ def test_make_serve_serves_the_demo_checkpoint_without_redis() -> None:
 
 def test_make_bench_runs_the_accuracy_and_serving_benchmarks() -> None:
     commands = _commands(_make("-n", "bench"))
-    assert ".venv/bin/python bench/accuracy.py" in commands
-    assert ".venv/bin/python bench/serve.py" in commands
+    assert ".venv/bin/python -m bench.accuracy" in commands
+    assert ".venv/bin/python -m bench.serve" in commands
 
 
 def test_make_clean_keeps_the_environment_and_distclean_removes_it(tmp_path: Path) -> None:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import accuracy  # noqa: E402
-
-from mimea.model.config import load_config  # noqa: E402
-from mimea.training.pipeline import run_training  # noqa: E402
-from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from bench import accuracy
+from mimea.model.config import load_config
+from mimea.training.pipeline import run_training
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 
 @pytest.fixture

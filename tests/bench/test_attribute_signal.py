@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import attribute_signal  # noqa: E402
-
-from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from bench import attribute_signal
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 
 def test_ranks_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import csls_k  # noqa: E402
-
-from mimea.model.config import load_config  # noqa: E402
-from mimea.training.pipeline import run_training  # noqa: E402
-from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from bench import csls_k
+from mimea.model.config import load_config
+from mimea.training.pipeline import run_training
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 
 def test_sweeps_the_grid_and_reproduces_the_checkpoints_own_test_metrics(

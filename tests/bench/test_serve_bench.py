@@ -1,4 +1,4 @@
-"""``bench/serve.py --quick`` end to end on a tiny synthetic checkpoint: schema and zero errors."""
+"""``python -m bench.serve --quick`` on a tiny synthetic checkpoint: schema and zero errors."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ROW_KEYS = {"route", "cache", "concurrency", "requests", "errors", "rps", "p50_m
 def test_quick_bench_writes_schema_with_no_errors(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "serve.py"), "--quick", "--tiny",
+        [sys.executable, "-m", "bench.serve", "--quick", "--tiny",
          "--soak-seconds", "3", "--scaling-sizes", "2000", "--search-precision", "bfloat16",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)

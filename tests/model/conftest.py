@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # plain `pytest` from a checkout that is not pip-installed
-    sys.path.insert(0, str(ROOT))
-
-from mimea.model.config import MODALITIES, ModelConfig  # noqa: E402
-from mimea.model.mimea import GraphInputs  # noqa: E402
+from mimea.model.config import MODALITIES, ModelConfig
+from mimea.model.mimea import GraphInputs
 
 NUM_ENTITIES = 40
 NUM_EDGE_TYPES = 5

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,13 +10,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # plain `pytest` from a checkout that is not pip-installed
-    sys.path.insert(0, str(ROOT))
-
-from mimea.model.config import MIMEAConfig, load_config  # noqa: E402
-from mimea.training.pipeline import run_training  # noqa: E402
-from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair  # noqa: E402
+from mimea.model.config import MIMEAConfig, load_config
+from mimea.training.pipeline import run_training
+from mimea.training.synthetic import SyntheticSpec, write_synthetic_pair
 
 SMALL_SPEC = SyntheticSpec(num_entities=400, num_relations=12, num_attributes=20, visual_dim=16,
                            seed=7)
