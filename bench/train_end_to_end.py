@@ -51,7 +51,8 @@ def train_row(data: Path, out: Path, config: Path, threads: int,
     synthetic = json.loads((data / "synthetic.json").read_text(encoding="utf-8"))
     headline = report["rankings"][report["headline"]]["kg1_to_kg2"]
     return {"task": "train-end-to-end", "dataset": "synthetic",
-            "entities_per_kg": synthetic["summary"]["kg1_entities"], "processes": 1, "threads": threads,
+            "entities_per_kg": synthetic["summary"]["kg1_entities"], "processes": 1,
+            "threads": threads,
             "epochs": report["epochs"], "best_epoch": report["best_epoch"],
             "s_per_epoch": round(metrics["s_per_epoch"], 1), "wall_s": round(wall_s, 1),
             "peak_rss_mb": round(peak_mb), "ranking": report["headline"],
