@@ -124,7 +124,7 @@ def sum_rows(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tens
 
 
 CHUNK = 16384
-"""Groups per block in :class:`_ReflectAndSum`: a block's temporaries stay in cache."""
+"""Groups per block in :class:`_ReflectAndSum`: a block's temporaries are 8 MB at d = 128."""
 
 
 def reflect_and_sum(mean: torch.Tensor, relations: torch.Tensor, edge_type: torch.Tensor,
