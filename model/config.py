@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from mimea.model.propagation import label_width
+from mimea.model.ranking import RANKINGS, Ranking
 
 MODALITIES = ("structure", "relation", "attribute", "visual")
 
@@ -164,8 +165,6 @@ class DataConfig(_Strict):
                                        "features too, where the data has them")
 
 
-Headline = Literal["cosine", "csls", "sinkhorn"]
-
 
 class EvalConfig(_Strict):
     """How test pairs are ranked (``training/evaluation.py``)."""
@@ -180,10 +179,10 @@ class EvalConfig(_Strict):
                             "kept per entity, each way: the support of the Sinkhorn plan")
     # Not a setting: a run's result is its Sinkhorn ranking's; a checkpoint written before,
     # whose figures were another ranking's, keeps its own (saved_config).
-    _headline: Headline = PrivateAttr("sinkhorn")
+    _headline: Ranking = PrivateAttr("sinkhorn")
 
     @property
-    def headline(self) -> Headline:
+    def headline(self) -> Ranking:
         """The ranking whose KG1→KG2 test figures are the run's result: sinkhorn, CSLS plus
         the potentials of a one-to-one plan over every unlabelled entity, chosen on the
         full-pool validation (BENCHMARKS.md)."""
@@ -271,7 +270,7 @@ def saved_config(raw: dict[str, Any]) -> MIMEAConfig:
                     raise ConfigError(f"the saved config has {section}.{key} = {value!r}, which "
                                       f"this version no longer has (only {kept!r})")
     directed = _pop_kept(filled, "model", "propagation_directed", True, (True, False))
-    headline = _pop_kept(filled, "eval", "headline", "sinkhorn", ("cosine", "csls", "sinkhorn"))
+    headline = _pop_kept(filled, "eval", "headline", "sinkhorn", RANKINGS)
     iterative = _pop_kept(filled, "training", "iterative", False, (True, False))
     if not iterative and isinstance(filled["training"], dict):
         filled["training"].update(iterations=0, label_rounds=0)
