@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mimea.model.screening import exact_rows, screen_margin, screened_topk, screening_pays
+
 IndexKind = Literal["auto", "flat", "ivf"]
 FLAT_MAX_KEYS = 250_000  # exact cost grows as N^2: 100k per side ~1.5 min per direction on 2 cores
 IVF_LISTS_PER_ROOT = 4  # nlist ~ 4 sqrt(n): lists of ~sqrt(n)/4 keys
@@ -151,10 +153,14 @@ def two_way_topk(source: torch.Tensor, target: torch.Tensor, k: int, *,
     """Exact top-``k`` of each source among the targets *and* of each target among the
     sources, ``((scores [n1, k], ids [n1, k]), (scores [n2, k'], ids [n2, k']))``, best first.
 
-    Both directions read the same inner products, so one pass over ``[block, n2]`` blocks
-    gives both: half the work of two flat searches, the cost that dominates decoding. Memory
-    is one block plus the lists.
+    Where bfloat16 products are fast (``model/screening.py``) each direction is a screened
+    search: exact scores, the lists exact but for keys within the screen's rounding of the
+    k-th. Elsewhere both directions read the same float32 inner products, one pass over
+    ``[block, n2]`` blocks for both. Memory is one block plus the lists.
     """
+    if screening_pays(source):
+        return (screened_topk(source, target, k, block=block),
+                screened_topk(target, source, k, block=block))
     k_rows, k_cols = min(k, len(target)), min(k, len(source))
     row_scores = source.new_empty(len(source), k_rows)
     row_ids = torch.empty(len(source), k_rows, dtype=torch.long)
@@ -319,10 +325,12 @@ def streaming_gold_ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.
 
     That form covers cosine (scale 1), CSLS (scale 2, biases ``-r``) and the Sinkhorn ranking
     (scale ``2 / reg``, ``col_bias = log v - r / reg``). Keys stream ``block`` at a time, so
-    memory is O(B block) and the ranks are exact over every key. A key scoring the same as the
-    gold counts against it; a NaN score raises ValueError rather than ranking anything first.
-    A finite row bias shifts a whole row, so it is not added to each score; an infinite one
-    ties every key, ranking the gold last.
+    memory is O(B block) and the ranks are exact over every key: where bfloat16 products are
+    fast, a bfloat16 screen of each block picks the rows that may have a key at or above
+    their gold and only those are scored in float32 (``model/screening.py``). A key scoring
+    the same as the gold counts against it; a NaN score raises ValueError rather than ranking
+    anything first. A finite row bias shifts a whole row, so it is not added to each score; an
+    infinite one ties every key, ranking the gold last.
     """
     if row_bias is None:
         row_bias = queries.new_zeros(len(queries))
@@ -334,30 +342,46 @@ def streaming_gold_ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.
     # The gold's score here and a key's score in a block come from different float32 sums; a
     # key within their rounding error of the gold ties with it, and ties count against it.
     gold_score = gold_score - TIE_TOLERANCE * (abs(scale) + gold_score.abs())
+    screen = screening_pays(queries)
+    if screen:
+        queries16, keys16 = queries.bfloat16(), keys.bfloat16()
+        reach = screen_margin(queries, keys)
     ahead = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
     for lo in range(0, len(keys), block):
         hi = min(lo + block, len(keys))
-        scores = torch.addmm(col_bias[None, lo:hi], queries, keys[lo:hi].T, alpha=scale)
-        ahead += _at_least_gold(scores, gold_score, gold - lo)
+        rows = None
+        if screen:
+            rows = exact_rows(queries16 @ keys16[lo:hi].T, gold_score, reach, scale=scale,
+                              bias=col_bias[lo:hi])
+        ahead += _at_least_gold(queries, keys[lo:hi], col_bias[lo:hi], scale, gold_score,
+                                gold - lo, rows)
     return torch.where(torch.isinf(row_bias), len(keys), ahead + 1)
 
 
-def _at_least_gold(scores: torch.Tensor, gold_score: torch.Tensor,
-                   gold_col: torch.Tensor) -> torch.Tensor:
-    """Per row, the columns of ``scores`` at or above the gold's score, the gold's own column
-    (``gold_col``, outside the block for most rows) left out.
+def _at_least_gold(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, scale: float,
+                   gold_score: torch.Tensor, gold_col: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+    """Per query, the keys of this block scoring at or above the gold's score, the gold's own
+    column (``gold_col``, outside the block for most rows) left out; only ``rows`` (all when
+    None) can have any.
 
     Only rows whose best column reaches the gold are counted: with a good ranking most rows
     have none, and a row maximum (which propagates NaN) costs a tenth of a full count.
     """
+    counts = torch.zeros_like(gold_col)
+    if rows is None:
+        rows = torch.arange(len(queries), device=queries.device)
+    if len(rows) == 0:
+        return counts
+    scores = torch.addmm(bias[None], queries[rows], keys.T, alpha=scale)
     best = scores.amax(dim=1)
     if torch.isnan(best).any():
         raise ValueError("NaN in the scores")
-    counts = torch.zeros_like(gold_col)
+    gold_score, gold_col = gold_score[rows], gold_col[rows]
     busy = torch.nonzero(best >= gold_score).squeeze(1)
-    counts[busy] = count_at_least(scores, busy, gold_score[busy])
+    counts[rows[busy]] = count_at_least(scores, busy, gold_score[busy])
     own = torch.nonzero((gold_col >= 0) & (gold_col < scores.shape[1])).squeeze(1)
-    counts[own] -= (scores[own, gold_col[own]] >= gold_score[own]).long()
+    counts[rows[own]] -= (scores[own, gold_col[own]] >= gold_score[own]).long()
     return counts
 
 

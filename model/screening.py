@@ -1,0 +1,111 @@
+"""Inner products screened in bfloat16 and settled exactly in float32.
+
+Decoding and evaluation spend nearly all their time in ``[queries, keys]`` inner products over
+the joint embedding. On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) a bfloat16 product
+runs four to five times faster than a float32 one, but it rounds each score by up to
+:func:`screen_margin`. So bfloat16 only *screens*: it finds the few keys that can matter, and
+float32 settles them.
+
+- :func:`screened_topk`: each query's best keys by the screen, rescored exactly, so every
+  score returned is float32-exact and the list can differ from an exact search only among keys
+  whose scores lie within the screen's rounding of each other (as an approximate index's can).
+- :func:`exact_rows`: which query rows of a key block need an exact product at all; the rest
+  have no key within reach of their threshold, whatever the rounding.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+BF16_UNIT = 2.0 ** -8  # bfloat16 keeps 8 significant bits
+SCREEN_SPARE = 16  # keys screened beyond the k asked for, so rounding rarely swaps one out
+
+
+def screening_pays(x: torch.Tensor) -> bool:
+    """Whether bfloat16 products of ``x``'s device outrun float32 ones: on a GPU, or on a CPU
+    with AMX tiles or AVX512-BF16. Elsewhere bfloat16 is emulated and slower."""
+    if x.device.type != "cpu":
+        return True
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)())
+               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def screen_margin(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    r"""Per query ``[Q]``, a bound on ``|screened - exact|`` inner product with any key.
+
+    Rounding both operands to bfloat16 moves each product :math:`a_i b_i` by at most
+    :math:`(2u + u^2)|a_i b_i|` (:math:`u = 2^{-8}`), so the sum by at most
+    :math:`(2u + u^2)\|a\|\|b\|`; float32 accumulation adds :math:`d\,2^{-24}\|a\|\|b\|` and
+    rounding the result to bfloat16 :math:`u(1 + 2u)\|a\|\|b\|`. A tenth more covers the
+    float32 arithmetic of the bound itself.
+    """
+    d = queries.shape[1]
+    per_norm = (3 * BF16_UNIT + 3 * BF16_UNIT ** 2 + d * 2.0 ** -24) * 1.1
+    key_norm = keys.norm(dim=1).max() if len(keys) else keys.new_zeros(())
+    return per_norm * queries.norm(dim=1) * key_norm
+
+
+def screened_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, *,
+                  block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``k`` best keys by inner product, ``(scores [Q, k], ids [Q, k])`` best
+    first, every score exact in float32.
+
+    The bfloat16 screen picks ``k +`` :data:`SCREEN_SPARE` keys per query; their exact scores
+    choose the ``k``. Memory is one ``[block, N]`` bfloat16 block plus the lists.
+    """
+    width = min(k + SCREEN_SPARE, len(keys))
+    k = min(k, len(keys))
+    queries, keys = queries.float(), keys.float()
+    q16, k16 = queries.bfloat16(), keys.bfloat16()
+    scores = queries.new_empty(len(queries), k)
+    ids = torch.empty(len(queries), k, dtype=torch.long, device=queries.device)
+    for lo in range(0, len(queries), block):
+        hi = min(lo + block, len(queries))
+        picked = (q16[lo:hi] @ k16.T).topk(width, dim=1, sorted=False).indices
+        exact = rescore(queries[lo:hi], keys, picked)
+        scores[lo:hi], at = exact.topk(k, dim=1)
+        ids[lo:hi] = picked.gather(1, at)
+    return scores, ids
+
+
+def rescore(queries: torch.Tensor, keys: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """Float32 inner product ``[Q, W]`` of each query with its ``picked [Q, W]`` keys: a
+    sampled product over a CSR pattern, which reads each key in place (gathering ``[Q, W, d]``
+    copies of the keys first is ten times slower)."""
+    rows, width = picked.shape
+    crow = torch.arange(0, rows * width + 1, width, device=picked.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(crow, picked.reshape(-1),
+                                          queries.new_zeros(picked.numel()), (rows, len(keys)),
+                                          check_invariants=False)
+    product = torch.sparse.sampled_addmm(pattern, queries, keys.T, beta=0.0)
+    return product.values().reshape(rows, width)
+
+
+def exact_rows(screened: torch.Tensor, threshold: torch.Tensor, reach: torch.Tensor, *,
+               scale: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of a screened block ``[R, C]`` (bfloat16 inner products) where some column may
+    score ``scale * product + bias[col]`` at or above the row's ``threshold``, given that each
+    screened product is within ``reach [R]`` of the exact one: the only rows an exact count
+    needs. A NaN anywhere makes its row's maximum NaN and raises ValueError.
+    """
+    best = _row_best(screened, scale, bias)
+    if torch.isnan(best).any():
+        raise ValueError("NaN in the scores")
+    return torch.nonzero(best + abs(scale) * reach >= threshold).squeeze(1)
+
+
+def _row_best(screened: torch.Tensor, scale: float, bias: torch.Tensor | None) -> torch.Tensor:
+    """Per row, the best screened score ``scale * product + bias`` (float32)."""
+    if bias is None:
+        extreme = screened.amax(dim=1) if scale >= 0 else screened.amin(dim=1)
+        return scale * extreme.float()
+    best = torch.empty(len(screened), dtype=torch.float32, device=screened.device)
+    for lo in range(0, len(screened), 256):
+        tile = torch.add(bias, screened[lo:lo + 256].float(), alpha=scale)
+        best[lo:lo + 256] = tile.amax(dim=1)
+    return best
