@@ -24,7 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mimea.model.screening import exact_rows, screen_margin, screened_topk, screening_pays
+from mimea.model.screening import (
+    count_at_least_screened,
+    exact_rows,
+    screen_margin,
+    screened_topk,
+    screening_pays,
+)
 
 IndexKind = Literal["auto", "flat", "ivf"]
 FLAT_MAX_KEYS = 250_000  # exact cost grows as N^2: 100k per side ~1.5 min per direction on 2 cores
@@ -326,8 +332,8 @@ def streaming_gold_ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.
     That form covers cosine (scale 1), CSLS (scale 2, biases ``-r``) and the Sinkhorn ranking
     (scale ``2 / reg``, ``col_bias = log v - r / reg``). Keys stream ``block`` at a time, so
     memory is O(B block) and the ranks are exact over every key: where bfloat16 products are
-    fast, a bfloat16 screen of each block picks the rows that may have a key at or above
-    their gold and only those are scored in float32 (``model/screening.py``). A key scoring
+    fast, each block is a bfloat16 screen and only the keys within its rounding of a gold get
+    a float32 product (``model/screening.py``). A key scoring
     the same as the gold counts against it; a NaN score raises ValueError rather than ranking
     anything first. A finite row bias shifts a whole row, so it is not added to each score; an
     infinite one ties every key, ranking the gold last.
@@ -349,39 +355,36 @@ def streaming_gold_ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.
     ahead = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
     for lo in range(0, len(keys), block):
         hi = min(lo + block, len(keys))
-        rows = None
-        if screen:
-            rows = exact_rows(queries16 @ keys16[lo:hi].T, gold_score, reach, scale=scale,
-                              bias=col_bias[lo:hi])
-        ahead += _at_least_gold(queries, keys[lo:hi], col_bias[lo:hi], scale, gold_score,
-                                gold - lo, rows)
+        if not screen:
+            scores = torch.addmm(col_bias[None, lo:hi], queries, keys[lo:hi].T, alpha=scale)
+            ahead += _at_least_gold(scores, gold_score, gold - lo)
+            continue
+        screened = queries16 @ keys16[lo:hi].T
+        rows = exact_rows(screened, gold_score, reach, scale=scale, bias=col_bias[lo:hi])
+        own = gold[rows] - lo
+        ahead[rows] += count_at_least_screened(
+            screened[rows], queries[rows], keys[lo:hi], gold_score[rows], reach[rows],
+            scale=scale, bias=col_bias[lo:hi], skip=torch.where((own >= 0) & (own < hi - lo),
+                                                               own, -1))
     return torch.where(torch.isinf(row_bias), len(keys), ahead + 1)
 
 
-def _at_least_gold(queries: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, scale: float,
-                   gold_score: torch.Tensor, gold_col: torch.Tensor,
-                   rows: torch.Tensor | None) -> torch.Tensor:
-    """Per query, the keys of this block scoring at or above the gold's score, the gold's own
-    column (``gold_col``, outside the block for most rows) left out; only ``rows`` (all when
-    None) can have any.
+def _at_least_gold(scores: torch.Tensor, gold_score: torch.Tensor,
+                   gold_col: torch.Tensor) -> torch.Tensor:
+    """Per row, the columns of ``scores`` at or above the gold's score, the gold's own column
+    (``gold_col``, outside the block for most rows) left out.
 
     Only rows whose best column reaches the gold are counted: with a good ranking most rows
     have none, and a row maximum (which propagates NaN) costs a tenth of a full count.
     """
-    counts = torch.zeros_like(gold_col)
-    if rows is None:
-        rows = torch.arange(len(queries), device=queries.device)
-    if len(rows) == 0:
-        return counts
-    scores = torch.addmm(bias[None], queries[rows], keys.T, alpha=scale)
     best = scores.amax(dim=1)
     if torch.isnan(best).any():
         raise ValueError("NaN in the scores")
-    gold_score, gold_col = gold_score[rows], gold_col[rows]
+    counts = torch.zeros_like(gold_col)
     busy = torch.nonzero(best >= gold_score).squeeze(1)
-    counts[rows[busy]] = count_at_least(scores, busy, gold_score[busy])
+    counts[busy] = count_at_least(scores, busy, gold_score[busy])
     own = torch.nonzero((gold_col >= 0) & (gold_col < scores.shape[1])).squeeze(1)
-    counts[rows[own]] -= (scores[own, gold_col[own]] >= gold_score[own]).long()
+    counts[own] -= (scores[own, gold_col[own]] >= gold_score[own]).long()
     return counts
 
 

@@ -20,7 +20,12 @@ import torch
 
 from mimea.model.finite import require_finite
 from mimea.model.ranking import Ranking, ScoreForm, ranking_terms, score_form
-from mimea.model.screening import exact_rows, screen_margin, screening_pays
+from mimea.model.screening import (
+    count_at_least_screened,
+    exact_rows,
+    screen_margin,
+    screening_pays,
+)
 from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
@@ -172,31 +177,29 @@ def _block_counts(queries: torch.Tensor, keys: torch.Tensor,
     ranking's key bias (over ``keys``) and tolerant gold scores (over ``queries``).
 
     ``exact`` is the float32 block of inner products, or None with a bfloat16 ``screened``
-    block (within ``reach`` of the exact one): then only the rows the screen cannot rule out
-    get float32 products.
+    block (within ``reach`` of the exact one): then only the keys within the screen's rounding
+    of a gold get float32 products.
     """
+    counts = {}
     if exact is None:
         assert screened is not None and reach is not None
-        needed = [exact_rows(screened, gold, reach, scale=scale[m], bias=bias)
-                  for m, (bias, gold) in settings.items()]
-        rows = torch.unique(torch.cat(needed))
-        exact = queries[rows] @ keys.T
-    else:
-        rows = torch.arange(len(queries))
-    position = torch.full((len(queries),), -1, dtype=torch.long)
-    position[rows] = torch.arange(len(rows))
+        skip = torch.full((len(queries),), -1, dtype=torch.long)
+        skip[own] = own_key
+        for m, (bias, gold) in settings.items():
+            rows = exact_rows(screened, gold, reach, scale=scale[m], bias=bias)
+            counts[m] = torch.zeros(len(queries), dtype=torch.long)
+            counts[m][rows] = count_at_least_screened(
+                screened[rows], queries[rows], keys, gold[rows], reach[rows], scale=scale[m],
+                bias=bias, skip=skip[rows])
+        return counts
     row_max = exact.amax(dim=1)
-    owned = position[own] >= 0
-    own, own_key, own_at = own[owned], own_key[owned], position[own[owned]]
-    counts = {}
     for m, (bias, gold) in settings.items():
         count = torch.zeros(len(queries), dtype=torch.long)
         bound = scale[m] * row_max + (0.0 if bias is None else bias.max())
-        busy = torch.nonzero(bound >= gold[rows]).squeeze(1)
+        busy = torch.nonzero(bound >= gold).squeeze(1)
         if len(busy):
-            count[rows[busy]] = count_at_least(exact, busy, gold[rows[busy]], scale=scale[m],
-                                               bias=bias)
-        own_scores = scale[m] * exact[own_at, own_key]
+            count[busy] = count_at_least(exact, busy, gold[busy], scale=scale[m], bias=bias)
+        own_scores = scale[m] * exact[own, own_key]
         if bias is not None:
             own_scores += bias[own_key]
         count[own] -= (own_scores >= gold[own]).long()
