@@ -31,12 +31,20 @@ SETTLE_ONE_BY_ONE = 64  # beyond this many keys near its floor, a row's products
 
 def screening_pays(x: torch.Tensor) -> bool:
     """Whether bfloat16 products of ``x``'s device outrun float32 ones: on a GPU, or on a CPU
-    with AMX tiles or AVX512-BF16. Elsewhere bfloat16 is emulated and slower."""
-    if x.device.type != "cpu":
-        return True
-    cpu = torch.cpu
-    return any(bool(getattr(cpu, name, lambda: False)())
-               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    where :func:`fast_bfloat16`."""
+    return x.device.type != "cpu" or fast_bfloat16()
+
+
+def fast_bfloat16() -> bool:
+    """Whether torch runs bfloat16 matmuls natively here (oneDNN on an AVX-512 or AMX CPU).
+
+    Elsewhere they are emulated, slower than float32.
+    """
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(supported()) if supported is not None else False
+    except RuntimeError:
+        return False
 
 
 def screen_margin(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
