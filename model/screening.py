@@ -1,14 +1,12 @@
 """Inner products screened in bfloat16 and settled exactly in float32.
 
-Decoding and evaluation spend nearly all their time in ``[queries, keys]`` inner products over
-the joint embedding. On CPUs with bfloat16 matrix units (AMX, AVX512-BF16) a bfloat16 product
-runs four to five times faster than a float32 one, but it rounds each score by up to
-:func:`screen_margin`. So bfloat16 only *screens*: it finds the few keys that can matter, and
-float32 settles them.
+Evaluation spends most of its time counting, for each gold pair, the keys that score at least
+as well as the gold, over ``[queries, keys]`` inner products of the joint embedding. On CPUs
+with bfloat16 matrix units (AMX, AVX512-BF16) a bfloat16 product runs four to five times faster
+than a float32 one, but it rounds each score by up to :func:`screen_margin`. So bfloat16 only
+*screens*: a count reads it where it is beyond doubt, and float32 settles the rest. (Candidate
+searches stay float32: see ``model.similarity.two_way_topk``.)
 
-- :func:`screened_topk`: each query's best keys by the screen, rescored exactly, so every
-  score returned is float32-exact and the list can differ from an exact search only among keys
-  whose scores lie within the screen's rounding of each other (as an approximate index's can).
 - :func:`exact_rows`: which query rows of a key block can have a key at their threshold at
   all; the rest have none within reach, whatever the rounding.
 - :func:`count_at_least_screened`: exact counts of the keys at or above each row's threshold,
@@ -18,12 +16,9 @@ float32 settles them.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 BF16_UNIT = 2.0 ** -8  # bfloat16 keeps 8 significant bits
-SCREEN_SPARE = 16  # keys screened beyond the k asked for, so rounding rarely swaps one out
 COUNT_TILE = 256  # screened rows scored and compared at a time, while in cache
 BAND_PAIRS = 1 << 14  # (query, key) pairs settled in float32 per gather of both sides
 SETTLE_ONE_BY_ONE = 64  # beyond this many keys near its floor, a row's products are a GEMM
@@ -60,44 +55,6 @@ def screen_margin(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     per_norm = (3 * BF16_UNIT + 3 * BF16_UNIT ** 2 + d * 2.0 ** -24) * 1.1
     key_norm = keys.norm(dim=1).max() if len(keys) else keys.new_zeros(())
     return per_norm * queries.norm(dim=1) * key_norm
-
-
-def screened_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, *,
-                  block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query's ``k`` best keys by inner product, ``(scores [Q, k], ids [Q, k])`` best
-    first, every score exact in float32.
-
-    The bfloat16 screen picks ``k +`` :data:`SCREEN_SPARE` keys per query; their exact scores
-    choose the ``k``. Memory is one ``[block, N]`` bfloat16 block plus the lists.
-    """
-    width = min(k + SCREEN_SPARE, len(keys))
-    k = min(k, len(keys))
-    queries, keys = queries.float(), keys.float()
-    q16, k16 = queries.bfloat16(), keys.bfloat16()
-    scores = queries.new_empty(len(queries), k)
-    ids = torch.empty(len(queries), k, dtype=torch.long, device=queries.device)
-    for lo in range(0, len(queries), block):
-        hi = min(lo + block, len(queries))
-        picked = (q16[lo:hi] @ k16.T).topk(width, dim=1, sorted=False).indices
-        exact = rescore(queries[lo:hi], keys, picked)
-        scores[lo:hi], at = exact.topk(k, dim=1)
-        ids[lo:hi] = picked.gather(1, at)
-    return scores, ids
-
-
-def rescore(queries: torch.Tensor, keys: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-    """Float32 inner product ``[Q, W]`` of each query with its ``picked [Q, W]`` keys: a
-    sampled product over a CSR pattern, which reads each key in place (gathering ``[Q, W, d]``
-    copies of the keys first is ten times slower)."""
-    rows, width = picked.shape
-    crow = torch.arange(0, rows * width + 1, width, device=picked.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        pattern = torch.sparse_csr_tensor(crow, picked.reshape(-1),
-                                          queries.new_zeros(picked.numel()), (rows, len(keys)),
-                                          check_invariants=False)
-    product = torch.sparse.sampled_addmm(pattern, queries, keys.T, beta=0.0)
-    return product.values().reshape(rows, width)
 
 
 def exact_rows(screened: torch.Tensor, threshold: torch.Tensor, reach: torch.Tensor, *,

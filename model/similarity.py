@@ -28,7 +28,6 @@ from mimea.model.screening import (
     count_at_least_screened,
     exact_rows,
     screen_margin,
-    screened_topk,
     screening_pays,
 )
 
@@ -159,14 +158,13 @@ def two_way_topk(source: torch.Tensor, target: torch.Tensor, k: int, *,
     """Exact top-``k`` of each source among the targets *and* of each target among the
     sources, ``((scores [n1, k], ids [n1, k]), (scores [n2, k'], ids [n2, k']))``, best first.
 
-    Where bfloat16 products are fast (``model/screening.py``) each direction is a screened
-    search: exact scores, the lists exact but for keys within the screen's rounding of the
-    k-th. Elsewhere both directions read the same float32 inner products, one pass over
-    ``[block, n2]`` blocks for both. Memory is one block plus the lists.
+    Both directions read the same inner products, so one pass over ``[block, n2]`` blocks
+    gives both: half the work of two flat searches, the cost that dominates decoding. Memory
+    is one block plus the lists. The products stay float32: a bfloat16 screen rounds a cosine
+    near 0.6 to steps of 0.004, and on a 104,500-entity pair, where a hundred keys crowd
+    within that of a source's 100th, a screened list missed one in seven of the exact list
+    and the Sinkhorn plan over it ranked nothing right (served Hits@1 0.003 against 0.754).
     """
-    if screening_pays(source):
-        return (screened_topk(source, target, k, block=block),
-                screened_topk(target, source, k, block=block))
     k_rows, k_cols = min(k, len(target)), min(k, len(source))
     row_scores = source.new_empty(len(source), k_rows)
     row_ids = torch.empty(len(source), k_rows, dtype=torch.long)

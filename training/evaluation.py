@@ -125,8 +125,8 @@ def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
     every source for the block's targets. Ties, within float32 rounding, count against the
     gold. Only the rows (columns) whose best possible score in the block reaches their gold
     are compared one by one: with a good ranking, few are. Where bfloat16 products are fast,
-    the block is a bfloat16 screen and only those rows and columns get float32 products
-    (``model/screening.py``).
+    the block is a bfloat16 screen, and only the keys within its rounding of a gold get a
+    float32 product (``model/screening.py``).
     """
     gold_cos = (sources * targets).sum(dim=1)
     golds = {m: (_tolerant(f, gold_cos), _tolerant(b, gold_cos)) for m, (f, b) in forms.items()}

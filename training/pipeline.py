@@ -140,6 +140,24 @@ def train_checkpoint(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     trained. Each phase is timed in ``phases``.
     """
     phases = phases or Phases()
+    graph = _train_and_write(data_dir, out_dir, config, visual=visual,
+                             allow_pickle=allow_pickle, progress=progress, on_epoch=on_epoch,
+                             shard=shard, phases=phases)
+    if graph is None:
+        return None
+    # The model, its inputs and outputs are gone by now: deciding holds the checkpoint and
+    # the relation graph only, so the run's peak memory is training's or evaluation's.
+    with phases.phase("alignment decisions"):
+        calibration.record_decisions(Path(out_dir), graph)
+        return load_checkpoint(Path(out_dir))  # with the decisions' test figures
+
+
+def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
+                     visual: Path | None, allow_pickle: bool, progress: bool,
+                     on_epoch: Callable[[dict[str, float]], None] | None, shard: Shard,
+                     phases: Phases) -> GraphInputs | None:
+    """Train, evaluate and write the checkpoint (rank 0); return the relation graph the
+    decisions propagate labels over (None in the other processes)."""
     start = time.perf_counter()
     prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle,
                        phases=phases)
@@ -165,6 +183,7 @@ def train_checkpoint(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
             joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
             modalities=dict(zip(result.model.modalities, output.modal, strict=True)),
             csls_r=csls_r, sinkhorn_potential=potential)
+        del output
         with bar.step("test and validation rankings"):
             test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled)
             metrics = _metrics(result, test_ranks, joint, split, config)
@@ -200,12 +219,13 @@ def train_checkpoint(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
             history=history,
             report=report,
         )
-    with phases.phase("alignment decisions"):
-        if len(split.valid):
-            logger.info("deciding the alignment of every entity (calibrated on %d validation "
-                        "pairs)", len(split.valid))
-        calibration.record_decisions(Path(out_dir), prepared.inputs)
-        return load_checkpoint(Path(out_dir))  # with the decisions' test figures
+    if len(split.valid):
+        logger.info("deciding the alignment of every entity (calibrated on %d validation "
+                    "pairs)", len(split.valid))
+    inputs = prepared.inputs
+    return GraphInputs(num_entities=inputs.num_entities, edge_index=inputs.edge_index,
+                       edge_type=inputs.edge_type, num_edge_types=inputs.num_edge_types,
+                       features={}, masks={})
 
 
 SPLIT_PARTS = ("train", "valid", "test")
