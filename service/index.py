@@ -31,7 +31,6 @@ import faiss
 import numpy as np
 import torch
 
-from mimea.model.screening import fast_bfloat16
 from mimea.model.similarity import IVF_TRAIN_PER_LIST
 
 logger = logging.getLogger(__name__)
@@ -256,6 +255,18 @@ def fast_int8() -> bool:
     """Whether torch has int8 matmuls with VNNI dot products here (AVX-512 VNNI or AMX)."""
     supported = getattr(torch.cpu, "_is_vnni_supported", None)
     return hasattr(torch, "_int_mm") and supported is not None and bool(supported())
+
+
+def fast_bfloat16() -> bool:
+    """Whether torch runs bfloat16 matmuls natively here (oneDNN on an AVX-512 or AMX CPU).
+
+    Elsewhere they are emulated, slower than float32, so ``auto`` keeps float32.
+    """
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(supported()) if supported is not None else False
+    except RuntimeError:
+        return False
 
 
 def gpu_count() -> int:

@@ -20,12 +20,6 @@ import torch
 
 from mimea.model.finite import require_finite
 from mimea.model.ranking import Ranking, ScoreForm, ranking_terms, score_form
-from mimea.model.screening import (
-    count_at_least_screened,
-    exact_rows,
-    screen_margin,
-    screening_pays,
-)
 from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
@@ -120,91 +114,47 @@ def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
     """Exact gold ranks of aligned ``sources [P, d]`` and ``targets [P, d]`` (pair i is the
     gold of row i) for each ranking's (KG1→KG2, KG2→KG1) score forms.
 
-    Targets go ``block`` at a time. Each block of inner products serves every ranking and
-    both directions: its rows rank the block's targets for every source, its columns rank
-    every source for the block's targets. Ties, within float32 rounding, count against the
-    gold. Only the rows (columns) whose best possible score in the block reaches their gold
-    are compared one by one: with a good ranking, few are. Where bfloat16 products are fast,
-    the block is a bfloat16 screen, and only the keys within its rounding of a gold get a
-    float32 product (``model/screening.py``).
+    Each ``[P, block]`` block of cosines serves every ranking and both directions: its rows
+    rank targets for the sources, its columns rank sources for the targets of the block.
+    Ties, within float32 rounding, count against the gold. Only the rows (columns) whose
+    best possible score in the block reaches their gold are compared one by one: with a good
+    ranking, few are.
     """
     gold_cos = (sources * targets).sum(dim=1)
     golds = {m: (_tolerant(f, gold_cos), _tolerant(b, gold_cos)) for m, (f, b) in forms.items()}
     ahead = {m: (torch.zeros(len(sources), dtype=torch.long),
                  torch.zeros(len(sources), dtype=torch.long)) for m in forms}
-    screen = screening_pays(sources)
-    if screen:
-        sources16, targets16 = sources.bfloat16(), targets.bfloat16()
-        reach = (screen_margin(sources, targets), screen_margin(targets, sources))
     for lo in range(0, len(targets), block):
         hi = min(lo + block, len(targets))
-        own = torch.arange(lo, hi)
-        block_targets = targets[lo:hi]
-        if screen:
-            screened = sources16 @ targets16[lo:hi].T  # [P, hi - lo]
-            exact = None
-        else:
-            exact = sources @ block_targets.T
-            screened = None
-        forward = {m: (None if f.col_bias is None else f.col_bias[lo:hi], golds[m][0])
-                   for m, (f, _) in forms.items()}
-        counts = _block_counts(sources, block_targets, forward, _scales(forms, 0), own, own - lo,
-                               screened, reach[0] if screen else None, exact)
-        for m in forms:
-            ahead[m][0].add_(counts[m])
-        backward = {m: (b.col_bias, golds[m][1][lo:hi]) for m, (_, b) in forms.items()}
-        counts = _block_counts(block_targets, sources, backward, _scales(forms, 1),
-                               own - lo, own,
-                               None if screened is None else screened.T.contiguous(),
-                               reach[1][lo:hi] if screen else None,
-                               None if exact is None else exact.T.contiguous())
-        for m in forms:
-            ahead[m][1][lo:hi] += counts[m]
+        cos = sources @ targets[lo:hi].T  # [P, hi - lo]
+        row_max, col_max = cos.amax(dim=1), cos.amax(dim=0)
+        by_target = cos.T.contiguous()  # its rows are read tile by tile, as cos's are
+        for method, (forward, backward) in forms.items():
+            gold_f, gold_b = golds[method]
+            _count_ahead(ahead[method][0], cos, row_max, forward, gold_f,
+                         keys=slice(lo, hi), own=torch.arange(lo, hi))
+            _count_ahead(ahead[method][1][lo:hi], by_target, col_max, backward, gold_b[lo:hi],
+                         keys=slice(None), own=torch.arange(lo, hi) - lo, own_key_offset=lo)
     return {method: (forward + 1, backward + 1) for method, (forward, backward) in ahead.items()}
 
 
-def _scales(forms: dict[str, tuple[ScoreForm, ScoreForm]], direction: int) -> dict[str, float]:
-    return {m: pair[direction].scale for m, pair in forms.items()}
-
-
-def _block_counts(queries: torch.Tensor, keys: torch.Tensor,
-                  settings: dict[str, tuple[torch.Tensor | None, torch.Tensor]],
-                  scale: dict[str, float], own: torch.Tensor, own_key: torch.Tensor,
-                  screened: torch.Tensor | None, reach: torch.Tensor | None,
-                  exact: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per ranking, how many of ``keys`` score at or above each query's gold, leaving out the
-    gold itself (query ``own[i]``'s gold is key ``own_key[i]``). ``settings`` holds each
-    ranking's key bias (over ``keys``) and tolerant gold scores (over ``queries``).
-
-    ``exact`` is the float32 block of inner products, or None with a bfloat16 ``screened``
-    block (within ``reach`` of the exact one): then only the keys within the screen's rounding
-    of a gold get float32 products.
-    """
-    counts = {}
-    if exact is None:
-        assert screened is not None and reach is not None
-        skip = torch.full((len(queries),), -1, dtype=torch.long)
-        skip[own] = own_key
-        for m, (bias, gold) in settings.items():
-            rows = exact_rows(screened, gold, reach, scale=scale[m], bias=bias)
-            counts[m] = torch.zeros(len(queries), dtype=torch.long)
-            counts[m][rows] = count_at_least_screened(
-                screened[rows], queries[rows], keys, gold[rows], reach[rows], scale=scale[m],
-                bias=bias, skip=skip[rows])
-        return counts
-    row_max = exact.amax(dim=1)
-    for m, (bias, gold) in settings.items():
-        count = torch.zeros(len(queries), dtype=torch.long)
-        bound = scale[m] * row_max + (0.0 if bias is None else bias.max())
-        busy = torch.nonzero(bound >= gold).squeeze(1)
-        if len(busy):
-            count[busy] = count_at_least(exact, busy, gold[busy], scale=scale[m], bias=bias)
-        own_scores = scale[m] * exact[own, own_key]
-        if bias is not None:
-            own_scores += bias[own_key]
-        count[own] -= (own_scores >= gold[own]).long()
-        counts[m] = count
-    return counts
+def _count_ahead(ahead: torch.Tensor, cos: torch.Tensor, row_max: torch.Tensor,
+                 form: ScoreForm, gold: torch.Tensor, *, keys: slice, own: torch.Tensor,
+                 own_key_offset: int = 0) -> None:
+    """Add to ``ahead`` (per query row of ``cos``) the keys of this block scoring at least the
+    gold, leaving out each query's own gold key (query ``own[i]``'s gold is key
+    ``own[i] + own_key_offset - keys.start`` of the block)."""
+    bias = None if form.col_bias is None else form.col_bias[keys]
+    bound = form.scale * row_max + (0.0 if bias is None else bias.max())
+    busy = torch.nonzero(bound >= gold).squeeze(1)
+    if len(busy) == 0:
+        return
+    ahead[busy] += count_at_least(cos, busy, gold[busy], scale=form.scale, bias=bias)
+    gold_key = own + own_key_offset - (keys.start or 0)
+    own_scores = form.scale * cos[own, gold_key]
+    if bias is not None:
+        own_scores += bias[gold_key]
+    ahead[own] -= (own_scores >= gold[own]).long()
 
 
 def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
