@@ -290,4 +290,6 @@ def record_decisions(checkpoint_dir: Path, graph: GraphInputs | None = None) -> 
         logger.warning("checkpoint %s has no validation pairs: no alignment decisions stored",
                        checkpoint_dir)
         return
+    logger.info("deciding the alignment of every entity (calibrated on %d validation pairs)",
+                len(checkpoint.split["valid"]))
     write_decisions(Path(checkpoint_dir), decide_checkpoint(checkpoint, graph=graph))

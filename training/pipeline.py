@@ -219,9 +219,6 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
             history=history,
             report=report,
         )
-    if len(split.valid):
-        logger.info("deciding the alignment of every entity (calibrated on %d validation "
-                    "pairs)", len(split.valid))
     inputs = prepared.inputs
     return GraphInputs(num_entities=inputs.num_entities, edge_index=inputs.edge_index,
                        edge_type=inputs.edge_type, num_edge_types=inputs.num_edge_types,
