@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mimea.model.underflow import shifted_logsumexp
+
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(embeddings [N, d], keep [B] bool) → loss of each kept seed pair [K]``."""
 
@@ -64,7 +66,7 @@ def lse_pair_loss(left: torch.Tensor, right: torch.Tensor, candidates: torch.Ten
         logits[rows, left_index] = own
         logits[rows, right_index] = own
         common = sharpness * (positive - positive.detach() - 2.0 * mean)
-        total = total + common + torch.logsumexp(logits, dim=-1)
+        total = total + common + shifted_logsumexp(logits)
     return total
 
 

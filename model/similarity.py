@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mimea.model.underflow import exp_above_underflow
+
 IndexKind = Literal["auto", "flat", "ivf"]
 FLAT_MAX_KEYS = 250_000  # exact cost grows as N^2: 100k per side ~1.5 min per direction on 2 cores
 IVF_LISTS_PER_ROOT = 4  # nlist ~ 4 sqrt(n): lists of ~sqrt(n)/4 keys
@@ -146,32 +148,47 @@ def topk_candidates(queries: torch.Tensor, keys: torch.Tensor, k: int, *,
 
 
 def two_way_topk(source: torch.Tensor, target: torch.Tensor, k: int, *,
-                 block: int = 2048) -> tuple[tuple[torch.Tensor, torch.Tensor],
-                                             tuple[torch.Tensor, torch.Tensor]]:
+                 block: int = 8192, tile: int = 16_384,
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Exact top-``k`` of each source among the targets *and* of each target among the
-    sources, ``((scores [n1, k], ids [n1, k]), (scores [n2, k'], ids [n2, k']))``, best first.
+    sources, ``((scores [n1, k], ids [n1, k]), (scores [n2, k'], ids [n2, k'])``, best first.
 
-    Both directions read the same inner products, so one pass over ``[block, n2]`` blocks
-    gives both: half the work of two flat searches, the cost that dominates decoding. Memory
-    is one block plus the lists. The products stay float32: bfloat16 ones run four to five
-    times faster on AMX CPUs but round a cosine near 0.6 to steps of 0.004, and on a
-    104,500-entity pair, where a hundred keys crowd within that of a source's 100th, lists
-    screened in bfloat16 and rescored in float32 missed one key in seven of the exact lists and
-    the Sinkhorn plan over them ranked almost nothing right (served Hits@1 0.003 against 0.754).
+    Both directions read the same inner products, so one pass over ``[block, tile]`` tiles
+    gives both: half the work of two flat searches, the cost that dominates decoding. Each
+    tile's rows give its sources' best targets; a transposed copy gives its targets' best
+    sources, since a top-k along a tile's columns reads them with a stride and on the CPU took
+    longer than the product itself. Both merge into running lists; memory is one tile, its
+    copy and the lists.
+
+    The products stay float32: bfloat16 ones run four to five times faster on AMX CPUs but
+    round a cosine near 0.6 to steps of 0.004, and on a 104,500-entity pair, where a hundred
+    keys crowd within that of a source's 100th, lists screened in bfloat16 and rescored in
+    float32 missed one key in seven of the exact lists and the Sinkhorn plan over them ranked
+    almost nothing right (served Hits@1 0.003 against 0.754).
     """
     k_rows, k_cols = min(k, len(target)), min(k, len(source))
-    row_scores = source.new_empty(len(source), k_rows)
-    row_ids = torch.empty(len(source), k_rows, dtype=torch.long)
-    col_scores = source.new_full((k_cols, len(target)), -torch.inf)
-    col_ids = torch.zeros(k_cols, len(target), dtype=torch.long)
+    row_scores = source.new_full((len(source), k_rows), -torch.inf)
+    row_ids = torch.zeros(len(source), k_rows, dtype=torch.long)
+    col_scores = source.new_full((len(target), k_cols), -torch.inf)
+    col_ids = torch.zeros(len(target), k_cols, dtype=torch.long)
     for lo in range(0, len(source), block):
-        scores = source[lo:lo + block] @ target.T
-        row_scores[lo:lo + block], row_ids[lo:lo + block] = scores.topk(k_rows, dim=1)
-        top, at = scores.topk(min(k_cols, len(scores)), dim=0)
-        merged, pick = torch.cat([col_scores, top]).topk(k_cols, dim=0)
-        col_ids = torch.cat([col_ids, at + lo]).gather(0, pick)
-        col_scores = merged
-    return (row_scores, row_ids), (col_scores.T.contiguous(), col_ids.T.contiguous())
+        rows = slice(lo, lo + block)
+        for at in range(0, len(target), tile):
+            cols = slice(at, at + tile)
+            scores = source[rows] @ target[cols].T
+            _merge_topk(row_scores[rows], row_ids[rows], scores, at)
+            _merge_topk(col_scores[cols], col_ids[cols], scores.T.contiguous(), lo)
+    return (row_scores, row_ids), (col_scores, col_ids)
+
+
+def _merge_topk(best: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor,
+                offset: int) -> None:
+    """Fold each row of ``scores [R, C]`` (columns ``offset`` onwards) into that row's running
+    top-k ``best [R, k]`` / ``ids [R, k]``, in place."""
+    top, at = scores.topk(min(best.shape[1], scores.shape[1]), dim=1)
+    merged, pick = torch.cat([best, top], dim=1).topk(best.shape[1], dim=1)
+    ids.copy_(torch.cat([ids, at + offset], dim=1).gather(1, pick))
+    best.copy_(merged)
 
 
 def ivf_lists(n: int) -> int:
@@ -284,11 +301,15 @@ def _half_step(log_marginal: float, values: torch.Tensor, index: torch.Tensor,
 
 def segment_logsumexp(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """``log sum exp`` of ``values [E]`` per segment ``index [E]`` (``[size]``), shifted by
-    each segment's maximum so no exp overflows; ``-inf`` for an empty segment."""
+    each segment's maximum so no exp overflows (and taken with ``exp_above_underflow``, so
+    the far smaller ones stay on the fast path); ``-inf`` for an empty segment or one of
+    ``-inf`` values only."""
     peak = values.new_full((size,), -math.inf).scatter_reduce_(0, index, values, "amax")
-    shift = torch.where(torch.isneginf(peak), torch.zeros_like(peak), peak)
-    total = values.new_zeros(size).index_add_(0, index, (values - shift[index]).exp())
-    return shift + total.log()
+    empty = torch.isneginf(peak)
+    shift = torch.where(empty, torch.zeros_like(peak), peak)
+    total = values.new_zeros(size).index_add_(0, index,
+                                              exp_above_underflow(values - shift[index]))
+    return torch.where(empty, peak, shift + total.log())
 
 
 def sinkhorn_bias(log_v: torch.Tensor, r_target: torch.Tensor, reg: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 import ot
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mimea.model.similarity import (
     augmented_keys,
@@ -267,11 +268,27 @@ def test_streaming_ranks_reject_nan() -> None:
         streaming_gold_ranks(x, gold, y, row_bias=torch.tensor([0, 0, math.nan, 0, 0]))
 
 
-@pytest.mark.parametrize(("n1", "n2", "k", "block"),
-                         [(37, 53, 5, 8), (20, 9, 12, 64), (5, 5, 5, 2)])
-def test_two_way_topk_equals_both_flat_searches(n1: int, n2: int, k: int, block: int) -> None:
+def test_two_way_topk_keeps_the_best_of_crowded_targets() -> None:
+    """Targets that hundreds of later sources beat at once (a hub, sources sorted worst first)
+    still get exactly their k best, merged over blocks and tiles."""
+    gen = torch.Generator().manual_seed(3)
+    target = F.normalize(torch.randn(30, 16, generator=gen), dim=-1)
+    source = F.normalize(target[torch.randint(3, (600,), generator=gen)]
+                         + 0.3 * torch.randn(600, 16, generator=gen), dim=-1)
+    source = source[(source @ target[0]).argsort()]  # each block beats target 0's list again
+    (_, _), (s21, i21) = two_way_topk(source, target, 9, block=32, tile=8)
+    top21 = (source @ target.T).T.topk(9, dim=1)
+    torch.testing.assert_close(s21, top21.values)
+    assert torch.equal(i21, top21.indices)
+
+
+@pytest.mark.parametrize(("n1", "n2", "k", "block", "tile"),
+                         [(37, 53, 5, 8, 16), (37, 53, 5, 8, 1000), (20, 9, 12, 64, 4),
+                          (5, 5, 5, 2, 2)])
+def test_two_way_topk_equals_both_flat_searches(n1: int, n2: int, k: int, block: int,
+                                                tile: int) -> None:
     source, target = _vectors(n1, seed=1), _vectors(n2, seed=2)
-    (s12, i12), (s21, i21) = two_way_topk(source, target, k, block=block)
+    (s12, i12), (s21, i21) = two_way_topk(source, target, k, block=block, tile=tile)
     sim = source @ target.T
     top12 = sim.topk(min(k, n2), dim=1)
     top21 = sim.T.topk(min(k, n1), dim=1)
