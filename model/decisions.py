@@ -35,7 +35,7 @@ from mimea.model.checkpoint import (
     EntityTable,
 )
 from mimea.model.config import EvalConfig
-from mimea.model.ranking import ranking_terms
+from mimea.model.ranking import RankingTerms, pool_plan
 from mimea.model.similarity import segment_logsumexp
 
 MATCH, SEED, NO_MATCH = "match", "seed", "no_match"
@@ -76,20 +76,19 @@ class PoolDecode:
 
 
 def decode_pools(embedding: torch.Tensor, pools: Pools, settings: EvalConfig,
-                 tables: AgreementTables) -> PoolDecode:
+                 tables: AgreementTables, plan: RankingTerms | None = None) -> PoolDecode:
     """Decode the one-to-one alignment between the pools ``(KG1 rows, KG2 rows)`` of
     ``embedding [N, d]``: the sparse Sinkhorn plan of ``settings`` (CSLS k, candidates,
-    entropy, iterations), its mutual-best edges and their features (see :func:`plan_features`
-    and :func:`agreement_features`)."""
+    entropy, iterations; ``plan`` when the caller has it from ``model.ranking.pool_plan``),
+    its mutual-best edges and their features (see :func:`plan_features` and
+    :func:`agreement_features`)."""
     rows1, rows2 = pools
     if len(rows1) == 0 or len(rows2) == 0:
         return PoolDecode(sources=rows1[:0], targets=rows2[:0],
                           features={name: torch.zeros(0, dtype=torch.float64)
                                     for name in (*PLAN_FEATURES, *_agreement_names(tables))},
                           runner_up=torch.full((len(embedding),), -1, dtype=torch.long))
-    terms = ranking_terms(embedding[rows1], embedding[rows2], k=settings.csls_k,
-                          candidates=settings.candidates, reg=settings.sinkhorn_reg,
-                          iterations=settings.sinkhorn_iterations)
+    terms = plan if plan is not None else pool_plan(embedding, pools, settings)
     log_plan = terms.edge_log_plan().double()
     src, tgt = terms.edges[:, 0], terms.edges[:, 1]
     edge = torch.arange(len(log_plan))

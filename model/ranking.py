@@ -17,7 +17,7 @@ The terms come from candidate searches and a sparse plan (``model/similarity.py`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -31,6 +31,9 @@ from mimea.model.similarity import (
     topk_candidates,
     two_way_topk,
 )
+
+if TYPE_CHECKING:  # model.config reads RANKINGS from here
+    from mimea.model.config import EvalConfig
 
 Ranking = Literal["cosine", "csls", "sinkhorn"]
 RANKINGS: tuple[Ranking, ...] = ("cosine", "csls", "sinkhorn")
@@ -92,6 +95,21 @@ def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candida
                                    iterations=iterations)
     return RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos,
                         reg=reg, log_u=log_u, log_v=log_v)
+
+
+def pool_plan(embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor],
+              settings: EvalConfig) -> RankingTerms:
+    """The Sinkhorn plan of ``settings`` between the pools ``(KG1 rows, KG2 rows)`` of
+    ``embedding [N, d]``, as the test's Sinkhorn ranking and the alignment decoder take it.
+
+    The rows are put at unit norm before ``ranking_terms`` normalises them again, which is what
+    ranking the unit rows of the whole embedding does; a plan computed for the evaluation then
+    serves the decoder bit for bit.
+    """
+    rows1, rows2 = pools
+    return ranking_terms(normalise(embedding[rows1].float()), normalise(embedding[rows2].float()),
+                         k=settings.csls_k, candidates=settings.candidates,
+                         reg=settings.sinkhorn_reg, iterations=settings.sinkhorn_iterations)
 
 
 @dataclass(frozen=True)

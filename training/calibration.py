@@ -49,6 +49,7 @@ from mimea.model.decisions import (
 )
 from mimea.model.mimea import GraphInputs
 from mimea.model.propagation import with_propagation
+from mimea.model.ranking import RankingTerms
 from mimea.training import pipeline
 from mimea.training.data import load_kg_pair
 from mimea.training.features import build_graph
@@ -82,24 +83,28 @@ class DecodeContext:
         return with_propagation(pipeline.learned_columns(joint, model), labels,
                                 model.propagation_weight)
 
-    def decode(self, embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor]
-               ) -> PoolDecode:
+    def decode(self, embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor],
+               plan: RankingTerms | None = None) -> PoolDecode:
         embeddings = self.checkpoint.embeddings
         width = self.config.model.propagation_width if self.config.model.propagation else 0
         tables = agreement_tables(embeddings.modalities, embeddings.mask,
                                   self.checkpoint.modalities, embedding, width)
-        return decode_pools(embedding, pools, self.config.eval, tables)
+        return decode_pools(embedding, pools, self.config.eval, tables, plan)
 
 
 def decide_checkpoint(checkpoint: Checkpoint | Path, *, graph: GraphInputs | None = None,
                       data_dir: Path | None = None,
-                      target_precision: float = TARGET_PRECISION) -> Decisions:
+                      target_precision: float = TARGET_PRECISION,
+                      plan: RankingTerms | None = None) -> Decisions:
     """Decide the alignment of every entity of ``checkpoint`` (a loaded one or its path).
 
     The propagated labels are rebuilt over ``graph`` (the training inputs), else over the KG
     pair at ``data_dir`` or at the path the checkpoint records; a model without propagated
-    labels needs neither. ValueError (CheckpointError for the checkpoint, DataError for the
-    KG pair) when the split has no validation pairs to calibrate on.
+    labels needs neither. ``plan``, when given, is the checkpoint's
+    ``model.ranking.pool_plan`` over its unlabelled pools, as training's evaluation computed
+    it: the first decode of the deployed setting then reads it instead of searching again.
+    ValueError (CheckpointError for the checkpoint, DataError for the KG pair) when the split
+    has no validation pairs to calibrate on.
     """
     if not 0.0 < target_precision < 1.0:
         raise ValueError(f"the target precision must be in (0, 1), got {target_precision}")
@@ -117,7 +122,7 @@ def decide_checkpoint(checkpoint: Checkpoint | Path, *, graph: GraphInputs | Non
     held_out = refined_decode(context, train, context.embedding(train))
     calibration = fit_calibration(*labelled_features(held_out, valid))
     seeds = torch.cat([train, valid])
-    decode = refined_decode(context, seeds, checkpoint.embeddings.joint)
+    decode = refined_decode(context, seeds, checkpoint.embeddings.joint, plan)
     probability = calibration.probability(decode.features)
     tables = assemble(len(checkpoint.entities), seeds, decode, probability)
     return Decisions(tables=tables, threshold=default_threshold(probability, target_precision),
@@ -143,14 +148,14 @@ def checkpoint_graph(checkpoint: Checkpoint, data_dir: Path | None) -> GraphInpu
                        masks={})
 
 
-def refined_decode(context: DecodeContext, seeds: torch.Tensor,
-                   embedding: torch.Tensor) -> PoolDecode:
-    """Decode every entity outside ``seeds`` in ``embedding``, then again with the confident
-    pairs added to the seeds of the propagated labels (:data:`REFRESH_ROUNDS` times, when
-    there are labels)."""
+def refined_decode(context: DecodeContext, seeds: torch.Tensor, embedding: torch.Tensor,
+                   plan: RankingTerms | None = None) -> PoolDecode:
+    """Decode every entity outside ``seeds`` in ``embedding`` (the first time from ``plan``
+    when given), then again with the confident pairs added to the seeds of the propagated
+    labels (:data:`REFRESH_ROUNDS` times, when there are labels)."""
     kgs = np.asarray(context.checkpoint.entities.kgs)
     pools = pipeline.free_rows(kgs, seeds.reshape(-1).numpy())
-    decode = context.decode(embedding, pools)
+    decode = context.decode(embedding, pools, plan)
     for _ in range(REFRESH_ROUNDS if context.graph is not None else 0):
         extended = torch.cat([seeds, decode.confident(REFRESH_MASS)])
         decode = context.decode(context.embedding(extended), pools)
@@ -281,10 +286,11 @@ def write_decisions(checkpoint_dir: Path, decisions: Decisions, *,
         metrics={**checkpoint.metrics, DECISIONS_KEY: report}, decisions=decisions.tables)
 
 
-def record_decisions(checkpoint_dir: Path, graph: GraphInputs | None = None) -> None:
+def record_decisions(checkpoint_dir: Path, graph: GraphInputs | None = None,
+                     plan: RankingTerms | None = None) -> None:
     """Decide the alignment of a checkpoint training has just written (``graph``: its training
-    inputs) and store it there (skipped, with a warning, for a split without validation
-    pairs)."""
+    inputs; ``plan``: its evaluation's plan over the unlabelled pools) and store it there
+    (skipped, with a warning, for a split without validation pairs)."""
     checkpoint = load_checkpoint(Path(checkpoint_dir))
     if not checkpoint.split.get("valid"):
         logger.warning("checkpoint %s has no validation pairs: no alignment decisions stored",
@@ -292,4 +298,4 @@ def record_decisions(checkpoint_dir: Path, graph: GraphInputs | None = None) -> 
         return
     logger.info("deciding the alignment of every entity (calibrated on %d validation pairs)",
                 len(checkpoint.split["valid"]))
-    write_decisions(Path(checkpoint_dir), decide_checkpoint(checkpoint, graph=graph))
+    write_decisions(Path(checkpoint_dir), decide_checkpoint(checkpoint, graph=graph, plan=plan))

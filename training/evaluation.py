@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from mimea.model.finite import require_finite
-from mimea.model.ranking import Ranking, ScoreForm, ranking_terms, score_form
+from mimea.model.ranking import Ranking, RankingTerms, ScoreForm, ranking_terms, score_form
 from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
@@ -92,13 +92,20 @@ def rank_pairs(embeddings: torch.Tensor, pairs: torch.Tensor,
                methods: tuple[Similarity, ...] = ("cosine", "csls", "sinkhorn"), *,
                k: int = 10, sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
                pools: tuple[torch.Tensor, torch.Tensor] | None = None,
-               candidates: int = DEFAULT_CANDIDATES,
+               candidates: int = DEFAULT_CANDIDATES, plan: RankingTerms | None = None,
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The gold ranks behind :func:`evaluate_rankings`: for each ranking, ``[P]`` KG1→KG2 and
-    ``[P]`` KG2→KG1 ranks, pair i's at i (a run's report draws their histogram)."""
+    ``[P]`` KG2→KG1 ranks, pair i's at i (a run's report draws their histogram).
+
+    ``plan``, when the caller has it, is the Sinkhorn plan over ``pools``
+    (``model.ranking.pool_plan`` with these settings), which the Sinkhorn ranking then reads
+    instead of searching the pools again.
+    """
+    if plan is not None and pools is None:
+        raise ValueError("a precomputed plan needs the pools it was taken over")
     z = _unit_rows(embeddings)
     forms = {method: _pair_forms(z, pairs, method, k, sinkhorn_reg, sinkhorn_iterations, pools,
-                                 candidates) for method in methods}
+                                 candidates, plan) for method in methods}
     return _pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms)
 
 
@@ -169,7 +176,8 @@ def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
 
 def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int, reg: float,
                 iterations: int, pools: tuple[torch.Tensor, torch.Tensor] | None,
-                candidates: int) -> tuple[ScoreForm, ScoreForm]:
+                candidates: int, plan: RankingTerms | None = None,
+                ) -> tuple[ScoreForm, ScoreForm]:
     """The score forms of both directions of ``method`` among the pairs."""
     if method == "cosine":
         return score_form("cosine"), score_form("cosine")
@@ -181,8 +189,8 @@ def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int
         sources, targets = pools if pools is not None else (pairs[:, 0], pairs[:, 1])
         rows = _positions(sources, pairs[:, 0], "source")
         cols = _positions(targets, pairs[:, 1], "target")
-        terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates, reg=reg,
-                              iterations=iterations)
+        terms = plan if plan is not None else ranking_terms(
+            z[sources], z[targets], k=k, candidates=candidates, reg=reg, iterations=iterations)
         assert terms.log_u is not None and terms.log_v is not None
         r1, r2 = terms.r_source[rows], terms.r_target[cols]
         return (score_form("sinkhorn", r1, r2, terms.log_v[cols], reg),

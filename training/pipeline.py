@@ -26,11 +26,12 @@ from mimea.model.config import EvalConfig, MIMEAConfig, ModelConfig, saved_confi
 from mimea.model.device import resolve_device
 from mimea.model.finite import require_finite
 from mimea.model.mimea import GraphInputs
-from mimea.model.ranking import Ranking, ranking_terms, serving_terms
+from mimea.model.ranking import Ranking, RankingTerms, pool_plan, ranking_terms, serving_terms
 from mimea.training import calibration
 from mimea.training.data import KGPairData, load_kg_pair
 from mimea.training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
 from mimea.training.features import build_modal_inputs
+from mimea.training.memory import release_freed_memory
 from mimea.training.progress import Phases, StepBar
 from mimea.training.report import RunRecord, render_report
 from mimea.training.split import AlignmentSplit, split_pairs
@@ -77,13 +78,15 @@ def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConf
 
 def embedding_ranks(joint: torch.Tensor, pairs: np.ndarray, config: EvalConfig,
                     pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    plan: RankingTerms | None = None,
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The gold ranks behind :func:`evaluate_embeddings`, (KG1→KG2, KG2→KG1) per ranking."""
+    """The gold ranks behind :func:`evaluate_embeddings`, (KG1→KG2, KG2→KG1) per ranking
+    (``plan``: the pools' ``model.ranking.pool_plan``, when already taken)."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
     return rank_pairs(joint.cpu(), rows, RANKINGS, k=config.csls_k,
                       sinkhorn_reg=config.sinkhorn_reg,
                       sinkhorn_iterations=config.sinkhorn_iterations, pools=pools,
-                      candidates=config.candidates)
+                      candidates=config.candidates, plan=plan)
 
 
 def stored_ranking_terms(joint: torch.Tensor, kgs: torch.Tensor,
@@ -140,24 +143,28 @@ def train_checkpoint(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     trained. Each phase is timed in ``phases``.
     """
     phases = phases or Phases()
-    graph = _train_and_write(data_dir, out_dir, config, visual=visual,
-                             allow_pickle=allow_pickle, progress=progress, on_epoch=on_epoch,
-                             shard=shard, phases=phases)
-    if graph is None:
+    written = _train_and_write(data_dir, out_dir, config, visual=visual,
+                               allow_pickle=allow_pickle, progress=progress, on_epoch=on_epoch,
+                               shard=shard, phases=phases)
+    if written is None:
         return None
-    # The model, its inputs and outputs are gone by now: deciding holds the checkpoint and
-    # the relation graph only, so the run's peak memory is training's or evaluation's.
+    # The model, its inputs and outputs are gone by now: deciding holds the checkpoint, the
+    # relation graph and the evaluation's plan over the unlabelled pools only, so the run's
+    # peak memory is training's or evaluation's.
+    graph, plan = written
+    release_freed_memory()
     with phases.phase("alignment decisions"):
-        calibration.record_decisions(Path(out_dir), graph)
+        calibration.record_decisions(Path(out_dir), graph, plan)
         return load_checkpoint(Path(out_dir))  # with the decisions' test figures
 
 
 def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                      visual: Path | None, allow_pickle: bool, progress: bool,
                      on_epoch: Callable[[dict[str, float]], None] | None, shard: Shard,
-                     phases: Phases) -> GraphInputs | None:
+                     phases: Phases) -> tuple[GraphInputs, RankingTerms] | None:
     """Train, evaluate and write the checkpoint (rank 0); return the relation graph the
-    decisions propagate labels over (None in the other processes)."""
+    decisions propagate labels over and the Sinkhorn plan over the unlabelled pools, which
+    they decode first (None in the other processes)."""
     start = time.perf_counter()
     prepared = prepare(data_dir, config, visual=visual, allow_pickle=allow_pickle,
                        phases=phases)
@@ -171,6 +178,7 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
                              candidate_rows=unlabelled, on_epoch=on_epoch, shard=shard)
     if shard.rank != 0:
         return None
+    release_freed_memory()  # training's loss matrices and layer blocks
     kgs = torch.as_tensor(data.kgs.astype(np.int64))
     with phases.phase("evaluation"), StepBar("evaluation", 4 + (result.base is not None),
                                              enabled=progress) as bar:
@@ -185,7 +193,8 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
             csls_r=csls_r, sinkhorn_potential=potential)
         del output
         with bar.step("test and validation rankings"):
-            test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled)
+            plan = pool_plan(joint, unlabelled, config.eval)
+            test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled, plan)
             metrics = _metrics(result, test_ranks, joint, split, config)
         if result.base is not None:
             with bar.step("rankings of the base model"):
@@ -222,7 +231,7 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
     inputs = prepared.inputs
     return GraphInputs(num_entities=inputs.num_entities, edge_index=inputs.edge_index,
                        edge_type=inputs.edge_type, num_edge_types=inputs.num_edge_types,
-                       features={}, masks={})
+                       features={}, masks={}), plan
 
 
 SPLIT_PARTS = ("train", "valid", "test")

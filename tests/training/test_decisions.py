@@ -23,7 +23,7 @@ from mimea.model.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from mimea.model.config import MIMEAConfig
+from mimea.model.config import MIMEAConfig, saved_config
 from mimea.model.decisions import (
     COLUMNS,
     MATCH,
@@ -35,6 +35,7 @@ from mimea.model.decisions import (
     alignment_rows,
     stored_decisions,
 )
+from mimea.model.ranking import pool_plan
 from mimea.training.align_cli import write_lines
 from mimea.training.calibration import (
     checkpoint_graph,
@@ -46,7 +47,8 @@ from mimea.training.calibration import (
     record_decisions,
     write_decisions,
 )
-from mimea.training.pipeline import split_rows
+from mimea.training.evaluation import rank_pairs
+from mimea.training.pipeline import free_rows, split_rows
 from mimea_cli import app
 from tests.training.conftest import TrainedRun
 
@@ -194,6 +196,31 @@ def test_entities_without_counterpart_are_mostly_no_match(decided: Path) -> None
     assert np.mean([rows[int(i)].decision == NO_MATCH for i in alone]) > 0.7
     metrics = decision_metrics(decisions, split_rows(checkpoint, "test"), kgs)
     assert metrics["f1"] > 0.8
+
+
+def test_the_evaluations_plan_decides_as_a_fresh_search(planted: Path) -> None:
+    """Training hands its evaluation's plan over the unlabelled pools to the decisions: they
+    must come out as re-deciding the checkpoint gives them, and the test ranks as without it."""
+    checkpoint = load_checkpoint(planted)
+    settings = saved_config(checkpoint.config["config"]).eval
+    labelled = np.concatenate([split_rows(checkpoint, part).reshape(-1)
+                               for part in ("train", "valid")])
+    pools = free_rows(np.asarray(checkpoint.entities.kgs), labelled)
+    joint = checkpoint.embeddings.joint
+    plan = pool_plan(joint, pools, settings)
+    test = torch.as_tensor(split_rows(checkpoint, "test"))
+    options = {"k": settings.csls_k, "sinkhorn_reg": settings.sinkhorn_reg,
+               "sinkhorn_iterations": settings.sinkhorn_iterations, "pools": pools,
+               "candidates": settings.candidates}
+    shared = rank_pairs(joint, test, ("sinkhorn",), plan=plan, **options)["sinkhorn"]
+    searched = rank_pairs(joint, test, ("sinkhorn",), **options)["sinkhorn"]
+    assert all(torch.equal(a, b) for a, b in zip(shared, searched, strict=True))
+    with_plan, fresh = decide_checkpoint(checkpoint, plan=plan), decide_checkpoint(checkpoint)
+    assert with_plan.threshold == fresh.threshold
+    for name in ("counterpart", "probability", "runner_up", "seed"):
+        assert torch.equal(getattr(with_plan.tables, name), getattr(fresh.tables, name)), name
+    with pytest.raises(ValueError, match="pools"):
+        rank_pairs(joint, test, ("sinkhorn",), plan=plan)
 
 
 def test_write_decisions_leaves_the_source_alone(planted: Path, decided: Path) -> None:
