@@ -1,9 +1,10 @@
 """What a person sees while a command runs: the wall time of each phase, and step bars.
 
 A long command is a sequence of phases (loading, features, training, evaluation, writing, ...).
-:class:`Phases` times each one, logs a line when it ends and sums them up in the command's last
-line, whose total runs from the start of the process: the imports before a command starts
-(torch: seconds on a busy machine) are part of what the person waited for.
+:class:`Phases` times each one, logs a line when it ends (with the process's peak memory so
+far) and sums them up in the command's last line, whose total runs from the start of the
+process: the imports before a command starts (torch: seconds on a busy machine) are part of
+what the person waited for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from mimea.training.memory import peak_rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ class Phases:
         finally:
             elapsed = time.perf_counter() - start
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-        logger.info("%s done in %.1f s", name, elapsed)
+        logger.info("%s done in %.1f s (peak memory so far %.1f GB)", name, elapsed,
+                    peak_rss_mb() / 1024)
 
     def total(self) -> float:
         """Seconds since ``started``."""

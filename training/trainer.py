@@ -146,11 +146,12 @@ def build_model(config: MIMEAConfig, inputs: GraphInputs) -> MIMEA:
 
 
 @torch.no_grad()
-def infer(model: MIMEA, inputs: GraphInputs) -> MIMEAOutput:
-    """Deterministic forward pass (dropout off, Beta means) over every entity."""
+def infer(model: MIMEA, inputs: GraphInputs, rows: torch.Tensor | None = None) -> MIMEAOutput:
+    """Deterministic forward pass (dropout off, Beta means) over every entity, or only
+    ``rows`` (output row i is entity ``rows[i]``; see :meth:`MIMEA.forward`)."""
     was_training = model.training
     model.eval()
-    output = model(inputs)
+    output = model(inputs, rows=rows)
     model.train(was_training)
     return output
 
@@ -458,12 +459,16 @@ class _Run:
         # The learned embedding alone: the propagated labels lift every epoch's score alike,
         # so with them an early epoch's plateau can outlast the patience (on FB15K-DB15K
         # training stopped at epoch 8 of 60 that way).
-        joint = self.learned()
+        # Only the entities validation ranks are embedded: the pairs and the distractors.
+        rows, local = torch.unique(torch.cat([self.valid_pairs.reshape(-1), self.distractors]),
+                                   return_inverse=True)
+        joint = infer(self.model, self.inputs, rows).joint
         try:
             require_finite(joint, "the joint embedding")
         except NonFiniteError as exc:
             raise NonFiniteError(f"training diverged at epoch {self.epoch}: {exc}") from None
-        return validation_metrics(joint, self.valid_pairs, self.distractors,
+        pairs = local[:self.valid_pairs.numel()].reshape(-1, 2)
+        return validation_metrics(joint, pairs, local[self.valid_pairs.numel():],
                                   k=self.config.eval.csls_k)
 
 
