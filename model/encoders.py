@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import SimpleConv
-from torch_geometric.utils import scatter
 
 from mimea.model.reflection import RelationGroups, RelationReflectionConv
 
@@ -123,8 +122,9 @@ class StructureEncoder(nn.Module):
         outputs = self._propagate(self.layers, start, *edges)
         if self.relation_layers is not None and self.relation is not None:
             # Second channel: an entity starts as the mean of its incident relation types.
-            start = scatter(self.relation(edge_type), edge_index[1], dim=0,
-                            dim_size=self.num_entities, reduce="mean")
+            start = torch.sparse.mm(
+                relation_shares(edge_index, edge_type, self.num_entities, self.num_edge_types),
+                self.relation.weight)
             outputs += self._propagate(self.relation_layers, start, *edges)
         for projection, layers, x in zip(self.feature_projections, self.feature_layers,
                                          features, strict=True):
@@ -167,6 +167,21 @@ class StructureEncoder(nn.Module):
         return (f"{self.__class__.__name__}({self.num_entities}, edge_types="
                 f"{self.num_edge_types}, hidden={self.hidden_dim}, layers={len(self.layers)}, "
                 f"out_dim={self.out_dim})")
+
+
+def relation_shares(edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int,
+                    num_types: int) -> torch.Tensor:
+    """Sparse ``[num_nodes, num_types]``: each entity's share of its incoming edges of each
+    relation type (a row of zeros for an entity without any).
+
+    Times the relation embeddings it is the mean embedding of an entity's incident relation
+    types, without gathering an embedding per edge (``[E, d]``: 600 MB at 100k entities per
+    KG, and gathered again for the gradient).
+    """
+    degree = torch.bincount(edge_index[1], minlength=num_nodes).clamp_min(1)
+    return torch.sparse_coo_tensor(torch.stack([edge_index[1], edge_type]),
+                                   1.0 / degree[edge_index[1]].float(), (num_nodes, num_types),
+                                   check_invariants=False).coalesce()
 
 
 class ProxyMatching(nn.Module):
