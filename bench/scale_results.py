@@ -37,9 +37,10 @@ def measured_run(command: list[str]) -> tuple[float, float, str]:
     return float(wall), float(peak), done.stdout
 
 
-def _key(row: dict[str, Any]) -> tuple[str, str, int, int, int]:
+def _key(row: dict[str, Any]) -> tuple[str, str, int, int, int, tuple[str, ...]]:
+    """What a row measures: a run with other configuration overrides is another row."""
     return (row["task"], row["dataset"], row["entities_per_kg"], row.get("processes") or 1,
-            row.get("threads") or 1)
+            row.get("threads") or 1, tuple(row.get("overrides") or ()))
 
 
 def save_rows(rows: list[dict[str, Any]], path: Path = RESULTS) -> None:

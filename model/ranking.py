@@ -70,15 +70,17 @@ class RankingTerms:
 
 
 def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candidates: int,
-                  reg: float | None = None, iterations: int = 20,
-                  use_gpu: bool = False) -> RankingTerms:
+                  reg: float | None = None, iterations: int = 20, use_gpu: bool = False,
+                  unit: bool = False) -> RankingTerms:
     """CSLS terms (and with ``reg`` the Sinkhorn plan) between ``source [n1, d]`` and
-    ``target [n2, d]`` (normalised here).
+    ``target [n2, d]`` (normalised here, unless ``unit`` says their rows are at unit norm
+    already: at 100k entities per KG each normalised copy is a gigabyte or two).
 
     One top-``max(candidates, k)`` search each way gives the candidate support and, from its
     first ``k`` columns, each entity's r; the plan lives on the support only.
     """
-    source, target = normalise(source.float()), normalise(target.float())
+    if not unit:
+        source, target = normalise(source.float()), normalise(target.float())
     width = max(candidates, k)
     if use_gpu or max(len(source), len(target)) > FLAT_MAX_KEYS:
         scores_12, ids_12 = topk_candidates(source, target, width, use_gpu=use_gpu)
@@ -102,14 +104,14 @@ def pool_plan(embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor],
     """The Sinkhorn plan of ``settings`` between the pools ``(KG1 rows, KG2 rows)`` of
     ``embedding [N, d]``, as the test's Sinkhorn ranking and the alignment decoder take it.
 
-    The rows are put at unit norm before ``ranking_terms`` normalises them again, which is what
-    ranking the unit rows of the whole embedding does; a plan computed for the evaluation then
-    serves the decoder bit for bit.
+    Normalising the gathered rows gives the rows of the whole embedding normalised (the
+    evaluation's), so a plan computed for the evaluation serves the decoder bit for bit.
     """
     rows1, rows2 = pools
     return ranking_terms(normalise(embedding[rows1].float()), normalise(embedding[rows2].float()),
                          k=settings.csls_k, candidates=settings.candidates,
-                         reg=settings.sinkhorn_reg, iterations=settings.sinkhorn_iterations)
+                         reg=settings.sinkhorn_reg, iterations=settings.sinkhorn_iterations,
+                         unit=True)
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,10 @@ def serving_terms(joint: torch.Tensor, kgs: torch.Tensor, *, k: int, candidates:
     """
     rows1 = torch.nonzero(kgs == 1).squeeze(1)
     rows2 = torch.nonzero(kgs == 2).squeeze(1)
-    terms = ranking_terms(joint[rows1], joint[rows2], k=k, candidates=candidates, reg=reg,
-                          iterations=iterations)
+    # Each side gathered and normalised in one go: no un-normalised copy outlives its
+    # normalisation while the search runs.
+    terms = ranking_terms(normalise(joint[rows1].float()), normalise(joint[rows2].float()), k=k,
+                          candidates=candidates, reg=reg, iterations=iterations, unit=True)
     assert terms.log_u is not None and terms.log_v is not None
     r = joint.new_zeros(len(joint))
     potential = joint.new_zeros(len(joint))

@@ -182,7 +182,7 @@ def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int
     if method == "cosine":
         return score_form("cosine"), score_form("cosine")
     if method == "csls":
-        terms = ranking_terms(z[pairs[:, 0]], z[pairs[:, 1]], k=k, candidates=k)
+        terms = ranking_terms(z[pairs[:, 0]], z[pairs[:, 1]], k=k, candidates=k, unit=True)
         return (score_form("csls", terms.r_source, terms.r_target),
                 score_form("csls", terms.r_target, terms.r_source))
     if method == "sinkhorn":
@@ -190,7 +190,8 @@ def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int
         rows = _positions(sources, pairs[:, 0], "source")
         cols = _positions(targets, pairs[:, 1], "target")
         terms = plan if plan is not None else ranking_terms(
-            z[sources], z[targets], k=k, candidates=candidates, reg=reg, iterations=iterations)
+            z[sources], z[targets], k=k, candidates=candidates, reg=reg, iterations=iterations,
+            unit=True)
         assert terms.log_u is not None and terms.log_v is not None
         r1, r2 = terms.r_source[rows], terms.r_target[cols]
         return (score_form("sinkhorn", r1, r2, terms.log_v[cols], reg),
@@ -251,7 +252,8 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
     targets = torch.cat([pairs[:, 1], target_distractors])
     plan = method == "sinkhorn"
     terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates if plan else k,
-                          reg=sinkhorn_reg if plan else None, iterations=sinkhorn_iterations)
+                          reg=sinkhorn_reg if plan else None, iterations=sinkhorn_iterations,
+                          unit=True)
     form = score_form(method, terms.r_source[:len(pairs)], terms.r_target, terms.log_v,
                       sinkhorn_reg)
     return ranking_metrics(_ranks(z[pairs[:, 0]], torch.arange(len(pairs)), z[targets], form))
@@ -265,7 +267,7 @@ def mutual_plan_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: 
     other side, both ways): a one-to-one decoding of every candidate at once picks them."""
     z = _unit_rows(embeddings)
     terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates,
-                          reg=sinkhorn_reg, iterations=sinkhorn_iterations)
+                          reg=sinkhorn_reg, iterations=sinkhorn_iterations, unit=True)
     edges = terms.edges
     mutual = _mutual_edges(edges, terms.edge_log_plan(), len(sources), len(targets))
     picked = edges[mutual]

@@ -185,13 +185,14 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
         with bar.step("embedding every entity"):
             output = infer(result.model, prepared.inputs.to(device))
             joint = result.joint(output.joint).cpu()
+            modalities = dict(zip(result.model.modalities, output.modal, strict=True))
+            fusion_weights, mask = output.fusion.weights, output.mask
+            del output  # the fused embedding without labels: the joint above replaces it
         with bar.step("ranking terms of every entity"):
             csls_r, potential = stored_ranking_terms(joint, kgs, config.eval)
         embeddings = EmbeddingTables(
-            joint=joint, fusion_weights=output.fusion.weights, mask=output.mask,
-            modalities=dict(zip(result.model.modalities, output.modal, strict=True)),
+            joint=joint, fusion_weights=fusion_weights, mask=mask, modalities=modalities,
             csls_r=csls_r, sinkhorn_potential=potential)
-        del output
         with bar.step("test and validation rankings"):
             plan = pool_plan(joint, unlabelled, config.eval)
             test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled, plan)
