@@ -14,6 +14,7 @@ terms a checkpoint stores for the service: the figure of what the service answer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -23,6 +24,8 @@ from mimea.model.ranking import Ranking, RankingTerms, ScoreForm, ranking_terms,
 from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
 Similarity = Ranking
+UnitRows = Callable[[torch.Tensor], torch.Tensor]
+"""Entity rows ``[R]`` → their embeddings at unit norm ``[R, d]`` (see :func:`_unit_rows`)."""
 CHUNK = 4096
 DEFAULT_CANDIDATES = 100
 
@@ -103,10 +106,10 @@ def rank_pairs(embeddings: torch.Tensor, pairs: torch.Tensor,
     """
     if plan is not None and pools is None:
         raise ValueError("a precomputed plan needs the pools it was taken over")
-    z = _unit_rows(embeddings)
-    forms = {method: _pair_forms(z, pairs, method, k, sinkhorn_reg, sinkhorn_iterations, pools,
-                                 candidates, plan) for method in methods}
-    return _pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms)
+    unit = _unit_rows(embeddings)
+    forms = {method: _pair_forms(unit, pairs, method, k, sinkhorn_reg, sinkhorn_iterations,
+                                 pools, candidates, plan) for method in methods}
+    return _pair_ranks(unit(pairs[:, 0]), unit(pairs[:, 1]), forms)
 
 
 def direction_metrics(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict[str, float]]:
@@ -174,7 +177,7 @@ def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
     return gold - TIE_TOLERANCE * (abs(form.scale) + gold.abs())
 
 
-def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int, reg: float,
+def _pair_forms(unit: UnitRows, pairs: torch.Tensor, method: Similarity, k: int, reg: float,
                 iterations: int, pools: tuple[torch.Tensor, torch.Tensor] | None,
                 candidates: int, plan: RankingTerms | None = None,
                 ) -> tuple[ScoreForm, ScoreForm]:
@@ -182,7 +185,7 @@ def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int
     if method == "cosine":
         return score_form("cosine"), score_form("cosine")
     if method == "csls":
-        terms = ranking_terms(z[pairs[:, 0]], z[pairs[:, 1]], k=k, candidates=k, unit=True)
+        terms = ranking_terms(unit(pairs[:, 0]), unit(pairs[:, 1]), k=k, candidates=k, unit=True)
         return (score_form("csls", terms.r_source, terms.r_target),
                 score_form("csls", terms.r_target, terms.r_source))
     if method == "sinkhorn":
@@ -190,8 +193,8 @@ def _pair_forms(z: torch.Tensor, pairs: torch.Tensor, method: Similarity, k: int
         rows = _positions(sources, pairs[:, 0], "source")
         cols = _positions(targets, pairs[:, 1], "target")
         terms = plan if plan is not None else ranking_terms(
-            z[sources], z[targets], k=k, candidates=candidates, reg=reg, iterations=iterations,
-            unit=True)
+            unit(sources), unit(targets), k=k, candidates=candidates, reg=reg,
+            iterations=iterations, unit=True)
         assert terms.log_u is not None and terms.log_v is not None
         r1, r2 = terms.r_source[rows], terms.r_target[cols]
         return (score_form("sinkhorn", r1, r2, terms.log_v[cols], reg),
@@ -206,7 +209,7 @@ def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor, kgs: torc
     """Metrics of ``pairs`` with every entity of the other KG as a candidate (``kgs [N]``
     holds 1 or 2), ranked with the per-entity terms a checkpoint stores for the service
     (``model.ranking.serving_terms``): the figures of what ``GET /candidates`` answers."""
-    z = _unit_rows(embeddings)
+    unit = _unit_rows(embeddings)
     rows = {kg: torch.nonzero(kgs == kg).squeeze(1) for kg in (1, 2)}
     result: dict[str, object] = {"ranking": ranking}
     for direction, queries, golds, key_kg in (("kg1_to_kg2", pairs[:, 0], pairs[:, 1], 2),
@@ -216,7 +219,7 @@ def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor, kgs: torc
                           None if csls_r is None else csls_r[keys],
                           None if potential is None else potential[keys], reg)
         gold = _positions(keys, golds, f"KG{key_kg} target")
-        result[direction] = ranking_metrics(_ranks(z[queries], gold, z[keys], form))
+        result[direction] = ranking_metrics(_ranks(unit(queries), gold, unit(keys), form))
     return result
 
 
@@ -245,18 +248,18 @@ def pooled_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
     ranked as the test pairs are, hubness terms and plan included: the setting in which to
     choose ``eval.csls_k`` and ``eval.sinkhorn_reg``.
     """
-    z = _unit_rows(embeddings)
+    unit = _unit_rows(embeddings)
     if source_distractors is None:
         source_distractors = pairs.new_empty(0)
     sources = torch.cat([pairs[:, 0], source_distractors])
-    targets = torch.cat([pairs[:, 1], target_distractors])
+    targets = unit(torch.cat([pairs[:, 1], target_distractors]))
     plan = method == "sinkhorn"
-    terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates if plan else k,
+    terms = ranking_terms(unit(sources), targets, k=k, candidates=candidates if plan else k,
                           reg=sinkhorn_reg if plan else None, iterations=sinkhorn_iterations,
                           unit=True)
     form = score_form(method, terms.r_source[:len(pairs)], terms.r_target, terms.log_v,
                       sinkhorn_reg)
-    return ranking_metrics(_ranks(z[pairs[:, 0]], torch.arange(len(pairs)), z[targets], form))
+    return ranking_metrics(_ranks(unit(pairs[:, 0]), torch.arange(len(pairs)), targets, form))
 
 
 def mutual_plan_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor,
@@ -265,8 +268,8 @@ def mutual_plan_pairs(embeddings: torch.Tensor, sources: torch.Tensor, targets: 
     """Pairs ``[Q, 2]`` (entity rows) that are each other's best match in the Sinkhorn plan
     over the CSLS scores of the candidate pairs (each entity's ``candidates`` nearest of the
     other side, both ways): a one-to-one decoding of every candidate at once picks them."""
-    z = _unit_rows(embeddings)
-    terms = ranking_terms(z[sources], z[targets], k=k, candidates=candidates,
+    unit = _unit_rows(embeddings)
+    terms = ranking_terms(unit(sources), unit(targets), k=k, candidates=candidates,
                           reg=sinkhorn_reg, iterations=sinkhorn_iterations, unit=True)
     edges = terms.edges
     mutual = _mutual_edges(edges, terms.edge_log_plan(), len(sources), len(targets))
@@ -290,10 +293,16 @@ def _segment_best(values: torch.Tensor, index: torch.Tensor, size: int) -> torch
     return first[index] == edge_ids
 
 
-def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
-    """Finite rows at unit norm (NonFiniteError naming the first bad row otherwise)."""
+def _unit_rows(embeddings: torch.Tensor) -> UnitRows:
+    """A function giving rows of ``embeddings`` at unit norm, once they are checked finite
+    (NonFiniteError naming the first bad row otherwise).
+
+    The norm is per row, so normalising the rows gathered gives the values a normalised copy
+    of the whole embedding would, without that copy (2 GB at 100k entities per KG).
+    """
     require_finite(embeddings, "the joint embedding")
-    return normalise(embeddings.detach().float())
+    source = embeddings.detach()
+    return lambda rows: normalise(source[rows].float())
 
 
 def _ranks(queries: torch.Tensor, gold: torch.Tensor, keys: torch.Tensor,
