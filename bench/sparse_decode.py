@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from mimea.model.similarity import (
     streaming_gold_ranks,
     topk_candidates,
 )
+from mimea.training.memory import peak_rss_mb
 
 GENERATE_BLOCK = 65_536
 
@@ -90,10 +90,6 @@ def phase(phases: dict[str, float], name: str) -> Iterator[None]:
     yield
     phases[name] = round(time.perf_counter() - start, 2)
     print(f"{name}: {phases[name]} s, peak RSS {peak_rss_mb():.0f} MB", flush=True)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def metrics(ranks: torch.Tensor) -> dict[str, float]:

@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mimea.model.config import MIMEAConfig, load_config
+from mimea.training.memory import peak_rss_mb
 from mimea.training.pipeline import prepare, unlabelled_rows
 from mimea.training.trainer import SINGLE_PROCESS, Shard, TrainResult, infer, train_model
 
@@ -42,11 +42,6 @@ RESULTS = ROOT / "bench" / "results" / "scale.json"
 PLOT = ROOT / "bench" / "results" / "train_scale.png"
 RANKED_PAIRS = 2000
 CHUNK = 256
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def epoch_times(start: float, marks: list[float]) -> dict[str, float]:
