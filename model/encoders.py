@@ -7,6 +7,7 @@ union of both KGs; relation, attribute and visual features each go through a sma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,7 @@ class StructureEncoder(nn.Module):
         self.out_dim = channels * hidden_dim * (num_layers + 1)
         self.proxy = ProxyMatching(self.out_dim, proxies) if proxies > 0 else None
         self.output_dropout = output_dropout
+        self._graph: _GraphTerms | None = None
         self.reset_parameters()
 
     def _layer_stack(self, num_layers: int) -> nn.ModuleList:
@@ -115,16 +117,16 @@ class StructureEncoder(nn.Module):
         if rows is not None:
             wanted = torch.zeros(self.num_entities, dtype=torch.bool, device=rows.device)
             wanted[rows] = True
-        edges = self._layer_inputs(edge_index, edge_type, wanted)
+        graph = self._graph_terms(edge_index, edge_type)
+        edges = self._layer_inputs(graph.groups, wanted)
         # Start from each entity's neighbourhood mean rather than its free vector: an entity
         # outside the seed pairs then carries structural signal from the first layer on.
         start = self.smooth(self.entity.weight, edge_index)
         outputs = self._propagate(self.layers, start, *edges)
         if self.relation_layers is not None and self.relation is not None:
             # Second channel: an entity starts as the mean of its incident relation types.
-            start = torch.sparse.mm(
-                relation_shares(edge_index, edge_type, self.num_entities, self.num_edge_types),
-                self.relation.weight)
+            assert graph.shares is not None
+            start = torch.sparse.mm(graph.shares, self.relation.weight)
             outputs += self._propagate(self.relation_layers, start, *edges)
         for projection, layers, x in zip(self.feature_projections, self.feature_layers,
                                          features, strict=True):
@@ -134,7 +136,27 @@ class StructureEncoder(nn.Module):
             h = self.proxy(h)
         return F.dropout(h, p=self.output_dropout, training=self.training)
 
-    def _layer_inputs(self, edge_index: torch.Tensor, edge_type: torch.Tensor,
+    def _graph_terms(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> _GraphTerms:
+        """The edges grouped by target and relation, and the relation channel's share matrix.
+
+        Both depend on the graph alone, which training passes unchanged at every step, so the
+        last graph's are kept: for the same tensors, not modified in place since, they are
+        reused (at 100k entities per KG, building them takes about half a second a step).
+        """
+        graph = self._graph
+        if graph is not None and graph.made_from(edge_index, edge_type):
+            return graph
+        types = edge_type if self.reflection is not None else torch.zeros_like(edge_type)
+        shares = (relation_shares(edge_index, edge_type, self.num_entities, self.num_edge_types)
+                  if self.relation_channel else None)
+        self._graph = _GraphTerms(
+            edge_index=edge_index, edge_type=edge_type,
+            versions=(edge_index._version, edge_type._version),
+            groups=RelationGroups.from_edges(edge_index, types, self.num_entities),
+            shares=shares)
+        return self._graph
+
+    def _layer_inputs(self, groups: RelationGroups,
                       wanted: torch.Tensor | None) -> tuple[tuple, tuple]:
         """The arguments of every layer but the last, and of the last one, which only needs
         the edges into the ``wanted`` rows (bool ``[N]``; ``None``: every row): the edges
@@ -142,11 +164,8 @@ class StructureEncoder(nn.Module):
         # A zero vector, appended as the last row, reflects nothing; it stands for every edge
         # when relation awareness is off.
         vectors = self.entity.weight.new_zeros((1, self.hidden_dim))
-        types = torch.zeros_like(edge_type)
         if self.reflection is not None:
             vectors = torch.cat([F.normalize(self.reflection.weight, dim=-1), vectors])
-            types = edge_type
-        groups = RelationGroups.from_edges(edge_index, types, self.num_entities)
         last = groups if wanted is None else groups.restrict(wanted)
         return (groups, vectors), (last, vectors)
 
@@ -167,6 +186,21 @@ class StructureEncoder(nn.Module):
         return (f"{self.__class__.__name__}({self.num_entities}, edge_types="
                 f"{self.num_edge_types}, hidden={self.hidden_dim}, layers={len(self.layers)}, "
                 f"out_dim={self.out_dim})")
+
+
+@dataclass(frozen=True)
+class _GraphTerms:
+    """What :class:`StructureEncoder` derives from a graph alone (see its ``_graph_terms``)."""
+
+    edge_index: torch.Tensor
+    edge_type: torch.Tensor
+    versions: tuple[int, int]
+    groups: RelationGroups
+    shares: torch.Tensor | None
+
+    def made_from(self, edge_index: torch.Tensor, edge_type: torch.Tensor) -> bool:
+        return (edge_index is self.edge_index and edge_type is self.edge_type
+                and (edge_index._version, edge_type._version) == self.versions)
 
 
 def relation_shares(edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int,

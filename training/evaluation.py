@@ -15,11 +15,12 @@ terms a checkpoint stores for the service: the figure of what the service answer
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 
-from mimea.model.finite import require_finite
+from mimea.model.finite import NonFiniteError, require_finite
 from mimea.model.ranking import Ranking, RankingTerms, ScoreForm, ranking_terms, score_form
 from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
 
@@ -96,20 +97,25 @@ def rank_pairs(embeddings: torch.Tensor, pairs: torch.Tensor,
                k: int = 10, sinkhorn_reg: float = 0.001, sinkhorn_iterations: int = 20,
                pools: tuple[torch.Tensor, torch.Tensor] | None = None,
                candidates: int = DEFAULT_CANDIDATES, plan: RankingTerms | None = None,
+               served: ServedTerms | None = None,
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The gold ranks behind :func:`evaluate_rankings`: for each ranking, ``[P]`` KG1→KG2 and
     ``[P]`` KG2→KG1 ranks, pair i's at i (a run's report draws their histogram).
 
     ``plan``, when the caller has it, is the Sinkhorn plan over ``pools``
     (``model.ranking.pool_plan`` with these settings), which the Sinkhorn ranking then reads
-    instead of searching the pools again.
+    instead of searching the pools again. With ``served``, the same pass also ranks each
+    pair among every entity of the other KG as the service does, under the key
+    ``"all_targets"`` (what :func:`all_targets_metrics` ranks).
     """
     if plan is not None and pools is None:
         raise ValueError("a precomputed plan needs the pools it was taken over")
     unit = _unit_rows(embeddings)
     forms = {method: _pair_forms(unit, pairs, method, k, sinkhorn_reg, sinkhorn_iterations,
                                  pools, candidates, plan) for method in methods}
-    return _pair_ranks(unit(pairs[:, 0]), unit(pairs[:, 1]), forms)
+    ranks, all_targets = _one_pass_ranks(
+        unit, pairs, forms, None if served is None else _served_forms(served, pairs))
+    return ranks if all_targets is None else {**ranks, "all_targets": all_targets}
 
 
 def direction_metrics(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict[str, float]]:
@@ -118,62 +124,134 @@ def direction_metrics(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dic
     return {"kg1_to_kg2": ranking_metrics(forward), "kg2_to_kg1": ranking_metrics(backward)}
 
 
-def _pair_ranks(sources: torch.Tensor, targets: torch.Tensor,
-                forms: dict[str, tuple[ScoreForm, ScoreForm]], *, block: int = 1024,
-                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Exact gold ranks of aligned ``sources [P, d]`` and ``targets [P, d]`` (pair i is the
-    gold of row i) for each ranking's (KG1→KG2, KG2→KG1) score forms.
+class _ServedForms(NamedTuple):
+    """Every KG1 and every KG2 entity row, and the served ranking's score forms of the test
+    sources against KG2 (forward) and of the test targets against KG1 (backward)."""
 
-    Each ``[P, block]`` block of cosines serves every ranking and both directions: its rows
-    rank targets for the sources, its columns rank sources for the targets of the block.
-    Ties, within float32 rounding, count against the gold. Only the rows (columns) whose
-    best possible score in the block reaches their gold are compared one by one: with a good
-    ranking, few are.
+    rows1: torch.Tensor
+    rows2: torch.Tensor
+    forward: ScoreForm
+    backward: ScoreForm
+
+
+def _one_pass_ranks(unit: UnitRows, pairs: torch.Tensor,
+                    forms: dict[str, tuple[ScoreForm, ScoreForm]],
+                    served: _ServedForms | None = None, *, block: int = 1024,
+                    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]],
+                               tuple[torch.Tensor, torch.Tensor] | None]:
+    """Exact gold ranks of ``pairs`` (rows ``[P, 2]``, pair i's target is the gold of its
+    source and the other way round) for each ranking's (KG1→KG2, KG2→KG1) score forms among
+    the pairs, and with ``served`` among every entity of the other KG.
+
+    One pass over the test sources × the keys (the pairs' targets, or with ``served`` every
+    KG2 entity) counts everything: a ``[P, block]`` block of cosines ranks its keys for every
+    source, and its test-target columns rank the sources for those targets. The served
+    ranking's KG2→KG1 direction then only scores the KG1 entities outside the test, so both
+    served directions cost about two thirds of a search each way. Ties, within float32
+    rounding, count against the gold; an infinite row bias (a collapsed entity) ties every key
+    and ranks the gold last.
     """
+    sources, targets = unit(pairs[:, 0]), unit(pairs[:, 1])
     gold_cos = (sources * targets).sum(dim=1)
-    golds = {m: (_tolerant(f, gold_cos), _tolerant(b, gold_cos)) for m, (f, b) in forms.items()}
-    ahead = {m: (torch.zeros(len(sources), dtype=torch.long),
-                 torch.zeros(len(sources), dtype=torch.long)) for m in forms}
-    for lo in range(0, len(targets), block):
-        hi = min(lo + block, len(targets))
-        cos = sources @ targets[lo:hi].T  # [P, hi - lo]
-        row_max, col_max = cos.amax(dim=1), cos.amax(dim=0)
-        by_target = cos.T.contiguous()  # its rows are read tile by tile, as cos's are
+    golds = {m: (_tolerant(f, gold_cos, f.col_bias), _tolerant(b, gold_cos, b.col_bias))
+             for m, (f, b) in forms.items()}
+    ahead = {m: (torch.zeros(len(pairs), dtype=torch.long),
+                 torch.zeros(len(pairs), dtype=torch.long)) for m in forms}
+    keys = pairs[:, 1] if served is None else served.rows2
+    gold_key = _positions(keys, pairs[:, 1], "KG2 target")
+    pair_of_key = torch.full((len(keys),), -1, dtype=torch.long)
+    pair_of_key[gold_key] = torch.arange(len(pairs))
+    if served is not None:
+        served_ahead = (torch.zeros(len(pairs), dtype=torch.long),
+                        torch.zeros(len(pairs), dtype=torch.long))
+        gold_key1 = _positions(served.rows1, pairs[:, 0], "KG1 source")
+        sources_bias = _gather(served.backward.col_bias, gold_key1)  # sources as KG1 keys
+        served_gold = (_tolerant(served.forward, gold_cos,
+                                 _gather(served.forward.col_bias, gold_key)),
+                       _tolerant(served.backward, gold_cos, sources_bias))
+    for lo in range(0, len(keys), block):
+        hi = min(lo + block, len(keys))
+        cos = sources @ unit(keys[lo:hi]).T  # [P, hi - lo]
+        in_block = pair_of_key[lo:hi]
+        at = torch.nonzero(in_block >= 0).squeeze(1)  # the block's test targets
+        here = in_block[at]  # their pairs
+        among = cos if len(at) == hi - lo else cos[:, at]  # [P, len(at)]
+        by_target = among.T.contiguous()  # its rows are read tile by tile, as cos's are
+        row_max, target_max = among.amax(dim=1), by_target.amax(dim=1)
+        own = torch.arange(len(at))
         for method, (forward, backward) in forms.items():
             gold_f, gold_b = golds[method]
-            _count_ahead(ahead[method][0], cos, row_max, forward, gold_f,
-                         keys=slice(lo, hi), own=torch.arange(lo, hi))
-            _count_ahead(ahead[method][1][lo:hi], by_target, col_max, backward, gold_b[lo:hi],
-                         keys=slice(None), own=torch.arange(lo, hi) - lo, own_key_offset=lo)
-    return {method: (forward + 1, backward + 1) for method, (forward, backward) in ahead.items()}
+            _count_ahead(ahead[method][0], among, row_max, forward.scale,
+                         _gather(forward.col_bias, here), gold_f, own_rows=here, own_cols=own)
+            counts = torch.zeros(len(at), dtype=torch.long)
+            _count_ahead(counts, by_target, target_max, backward.scale, backward.col_bias,
+                         gold_b[here], own_rows=own, own_cols=here)
+            ahead[method][1][here] += counts
+        if served is not None:
+            forward = served.forward
+            _count_ahead(served_ahead[0], cos, cos.amax(dim=1), forward.scale,
+                         None if forward.col_bias is None else forward.col_bias[lo:hi],
+                         served_gold[0], own_rows=here, own_cols=at)
+            counts = torch.zeros(len(at), dtype=torch.long)
+            _count_ahead(counts, by_target, target_max, served.backward.scale, sources_bias,
+                         served_gold[1][here], own_rows=own, own_cols=here)
+            served_ahead[1][here] += counts
+    ranks = {method: (forward + 1, backward + 1) for method, (forward, backward) in ahead.items()}
+    if served is None:
+        return ranks, None
+    _count_outside_the_test(served_ahead[1], targets, unit, served, pairs, served_gold[1],
+                            block=block)
+    return ranks, (_collapsed_last(served_ahead[0] + 1, served.forward, len(served.rows2)),
+                   _collapsed_last(served_ahead[1] + 1, served.backward, len(served.rows1)))
 
 
-def _count_ahead(ahead: torch.Tensor, cos: torch.Tensor, row_max: torch.Tensor,
-                 form: ScoreForm, gold: torch.Tensor, *, keys: slice, own: torch.Tensor,
-                 own_key_offset: int = 0) -> None:
-    """Add to ``ahead`` (per query row of ``cos``) the keys of this block scoring at least the
-    gold, leaving out each query's own gold key (query ``own[i]``'s gold is key
-    ``own[i] + own_key_offset - keys.start`` of the block)."""
-    bias = None if form.col_bias is None else form.col_bias[keys]
-    bound = form.scale * row_max + (0.0 if bias is None else bias.max())
+def _count_outside_the_test(ahead: torch.Tensor, targets: torch.Tensor, unit: UnitRows,
+                            served: _ServedForms, pairs: torch.Tensor, gold: torch.Tensor, *,
+                            block: int) -> None:
+    """Add to ``ahead`` the KG1 entities outside the test's sources that score at least each
+    test target's ``gold`` source in the served ranking."""
+    outside = torch.isin(served.rows1, pairs[:, 0], invert=True)
+    others, bias = served.rows1[outside], _gather(served.backward.col_bias, outside)
+    none = torch.empty(0, dtype=torch.long)
+    for lo in range(0, len(others), block):
+        hi = min(lo + block, len(others))
+        cos = targets @ unit(others[lo:hi]).T  # [P, hi - lo]
+        _count_ahead(ahead, cos, cos.amax(dim=1), served.backward.scale,
+                     None if bias is None else bias[lo:hi], gold, own_rows=none, own_cols=none)
+
+
+def _count_ahead(ahead: torch.Tensor, cos: torch.Tensor, row_max: torch.Tensor, scale: float,
+                 bias: torch.Tensor | None, gold: torch.Tensor, *, own_rows: torch.Tensor,
+                 own_cols: torch.Tensor) -> None:
+    """Add to ``ahead`` (per query row of the cosine block ``cos``) the keys of the block
+    scoring ``scale * cos + bias`` at least the query's ``gold``, leaving out each query's own
+    gold key: row ``own_rows[i]``'s gold is column ``own_cols[i]``.
+
+    Only rows whose best possible score (``row_max``, the row's largest cosine) reaches the
+    gold are counted one by one: with a good ranking, few are.
+    """
+    bound = scale * row_max + (0.0 if bias is None else bias.max())
     busy = torch.nonzero(bound >= gold).squeeze(1)
     if len(busy) == 0:
         return
-    ahead[busy] += count_at_least(cos, busy, gold[busy], scale=form.scale, bias=bias)
-    gold_key = own + own_key_offset - (keys.start or 0)
-    own_scores = form.scale * cos[own, gold_key]
+    ahead[busy] += count_at_least(cos, busy, gold[busy], scale=scale, bias=bias)
+    if len(own_rows) == 0:
+        return
+    own_scores = scale * cos[own_rows, own_cols]
     if bias is not None:
-        own_scores += bias[gold_key]
-    ahead[own] -= (own_scores >= gold[own]).long()
+        own_scores += bias[own_cols]
+    ahead[own_rows] -= (own_scores >= gold[own_rows]).long()
 
 
-def _tolerant(form: ScoreForm, gold_cos: torch.Tensor) -> torch.Tensor:
-    """A ranking's score of each pair (the row bias left out: it shifts a whole row), lowered
-    by float32 rounding error so that a key tying with the gold counts against it whichever
-    way its sum was rounded (as in ``model.similarity.streaming_gold_ranks``)."""
+def _tolerant(form: ScoreForm, gold_cos: torch.Tensor,
+              gold_bias: torch.Tensor | None) -> torch.Tensor:
+    """A ranking's score of each pair (the row bias left out: it shifts a whole row) from the
+    pair's cosine and its gold key's column bias, lowered by float32 rounding error so that a
+    key tying with the gold counts against it whichever way its sum was rounded (as in
+    ``model.similarity.streaming_gold_ranks``)."""
     gold = form.scale * gold_cos
-    if form.col_bias is not None:
-        gold = gold + form.col_bias
+    if gold_bias is not None:
+        gold = gold + gold_bias
     return gold - TIE_TOLERANCE * (abs(form.scale) + gold.abs())
 
 
@@ -202,25 +280,59 @@ def _pair_forms(unit: UnitRows, pairs: torch.Tensor, method: Similarity, k: int,
     raise ValueError(f"unknown similarity {method!r}; use 'cosine', 'csls' or 'sinkhorn'")
 
 
-def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor, kgs: torch.Tensor, *,
-                        ranking: Ranking, csls_r: torch.Tensor | None,
-                        potential: torch.Tensor | None, reg: float | None,
-                        ) -> dict[str, object]:
-    """Metrics of ``pairs`` with every entity of the other KG as a candidate (``kgs [N]``
-    holds 1 or 2), ranked with the per-entity terms a checkpoint stores for the service
-    (``model.ranking.serving_terms``): the figures of what ``GET /candidates`` answers."""
-    unit = _unit_rows(embeddings)
-    rows = {kg: torch.nonzero(kgs == kg).squeeze(1) for kg in (1, 2)}
-    result: dict[str, object] = {"ranking": ranking}
-    for direction, queries, golds, key_kg in (("kg1_to_kg2", pairs[:, 0], pairs[:, 1], 2),
-                                              ("kg2_to_kg1", pairs[:, 1], pairs[:, 0], 1)):
-        keys = rows[key_kg]
-        form = score_form(ranking, None if csls_r is None else csls_r[queries],
-                          None if csls_r is None else csls_r[keys],
-                          None if potential is None else potential[keys], reg)
-        gold = _positions(keys, golds, f"KG{key_kg} target")
-        result[direction] = ranking_metrics(_ranks(unit(queries), gold, unit(keys), form))
-    return result
+@dataclass(frozen=True)
+class ServedTerms:
+    """What the service ranks by: ``kgs [N]`` (1 or 2 per entity), the checkpoint's headline
+    ranking and its stored per-entity terms (``model.ranking.serving_terms``)."""
+
+    kgs: torch.Tensor
+    ranking: Ranking
+    csls_r: torch.Tensor | None
+    potential: torch.Tensor | None
+    reg: float | None
+
+
+def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,
+                        served: ServedTerms) -> dict[str, object]:
+    """Metrics of ``pairs`` with every entity of the other KG as a candidate, ranked with the
+    per-entity terms a checkpoint stores for the service: the figures of what
+    ``GET /candidates`` answers."""
+    _, ranks = _one_pass_ranks(_unit_rows(embeddings), pairs, {},
+                               _served_forms(served, pairs))
+    assert ranks is not None
+    return served_record(served.ranking, ranks)
+
+
+def served_record(ranking: Ranking,
+                  ranks: tuple[torch.Tensor, torch.Tensor]) -> dict[str, object]:
+    """The ``all_targets`` metrics of served ranks (KG1→KG2, KG2→KG1) under ``ranking``."""
+    return {"ranking": ranking, **direction_metrics(ranks)}
+
+
+def _served_forms(served: ServedTerms, pairs: torch.Tensor) -> _ServedForms:
+    """The served ranking's score forms of ``pairs`` against every entity of the other KG
+    (NonFiniteError where a stored term is NaN: it would rank nothing ahead of the gold)."""
+    r, potential = served.csls_r, served.potential
+    for name, terms in (("csls_r", r), ("potential", potential)):
+        if terms is not None and torch.isnan(terms).any():
+            raise NonFiniteError(f"the stored ranking terms {name} hold NaN")
+    rows1, rows2 = (torch.nonzero(served.kgs == kg).squeeze(1) for kg in (1, 2))
+    forward, backward = (
+        score_form(served.ranking, _gather(r, queries), _gather(r, keys),
+                   _gather(potential, keys), served.reg)
+        for queries, keys in ((pairs[:, 0], rows2), (pairs[:, 1], rows1)))
+    return _ServedForms(rows1, rows2, forward, backward)
+
+
+def _gather(values: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor | None:
+    return None if values is None else values[at]
+
+
+def _collapsed_last(ranks: torch.Tensor, form: ScoreForm, keys: int) -> torch.Tensor:
+    """An infinite row bias ties a query with every key: its gold ranks last."""
+    if form.row_bias is None:
+        return ranks
+    return torch.where(torch.isinf(form.row_bias), keys, ranks)
 
 
 def validation_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,

@@ -29,7 +29,13 @@ from mimea.model.mimea import GraphInputs
 from mimea.model.ranking import Ranking, RankingTerms, pool_plan, ranking_terms, serving_terms
 from mimea.training import calibration
 from mimea.training.data import KGPairData, load_kg_pair
-from mimea.training.evaluation import all_targets_metrics, direction_metrics, rank_pairs
+from mimea.training.evaluation import (
+    ServedTerms,
+    all_targets_metrics,
+    direction_metrics,
+    rank_pairs,
+    served_record,
+)
 from mimea.training.features import build_modal_inputs
 from mimea.training.memory import release_freed_memory
 from mimea.training.progress import Phases, StepBar
@@ -78,15 +84,16 @@ def evaluate_embeddings(joint: torch.Tensor, pairs: np.ndarray, config: EvalConf
 
 def embedding_ranks(joint: torch.Tensor, pairs: np.ndarray, config: EvalConfig,
                     pools: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    plan: RankingTerms | None = None,
+                    plan: RankingTerms | None = None, served: ServedTerms | None = None,
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The gold ranks behind :func:`evaluate_embeddings`, (KG1→KG2, KG2→KG1) per ranking
-    (``plan``: the pools' ``model.ranking.pool_plan``, when already taken)."""
+    (``plan``: the pools' ``model.ranking.pool_plan``, when already taken; with ``served``,
+    the served ranks too, under ``"all_targets"``)."""
     rows = torch.as_tensor(pairs, dtype=torch.long)
     return rank_pairs(joint.cpu(), rows, RANKINGS, k=config.csls_k,
                       sinkhorn_reg=config.sinkhorn_reg,
                       sinkhorn_iterations=config.sinkhorn_iterations, pools=pools,
-                      candidates=config.candidates, plan=plan)
+                      candidates=config.candidates, plan=plan, served=served)
 
 
 def stored_ranking_terms(joint: torch.Tensor, kgs: torch.Tensor,
@@ -100,21 +107,24 @@ def stored_ranking_terms(joint: torch.Tensor, kgs: torch.Tensor,
 def served_metrics(embeddings: EmbeddingTables, kgs: torch.Tensor, pairs: np.ndarray,
                    config: EvalConfig) -> dict[str, Any]:
     """Metrics of ``pairs`` ranked as the service ranks them: every entity of the other KG a
-    candidate, the checkpoint's headline ranking from its stored terms. A checkpoint without
-    them is served by CSLS, with r computed as the service computes it at load."""
-    rows = torch.as_tensor(pairs, dtype=torch.long)
+    candidate, the checkpoint's headline ranking from its stored terms."""
+    return all_targets_metrics(embeddings.joint, torch.as_tensor(pairs, dtype=torch.long),
+                               served_terms(embeddings, kgs, config))
+
+
+def served_terms(embeddings: EmbeddingTables, kgs: torch.Tensor,
+                 config: EvalConfig) -> ServedTerms:
+    """What the service ranks a checkpoint's entities by. A checkpoint without stored terms
+    is served by CSLS, with r computed as the service computes it at load."""
     if embeddings.csls_r is not None and embeddings.sinkhorn_potential is not None:
-        return all_targets_metrics(embeddings.joint, rows, kgs, ranking=config.headline,
-                                   csls_r=embeddings.csls_r,
-                                   potential=embeddings.sinkhorn_potential,
-                                   reg=config.sinkhorn_reg)
-    ranking = "cosine" if config.headline == "cosine" else "csls"
+        return ServedTerms(kgs, config.headline, embeddings.csls_r,
+                           embeddings.sinkhorn_potential, config.sinkhorn_reg)
     terms = ranking_terms(embeddings.joint[kgs == 1], embeddings.joint[kgs == 2],
                           k=config.csls_k, candidates=config.csls_k)
     csls_r = embeddings.joint.new_zeros(len(kgs))
     csls_r[kgs == 1], csls_r[kgs == 2] = terms.r_source, terms.r_target
-    return all_targets_metrics(embeddings.joint, rows, kgs, ranking=ranking, csls_r=csls_r,
-                               potential=None, reg=None)
+    return ServedTerms(kgs, "cosine" if config.headline == "cosine" else "csls", csls_r, None,
+                       None)
 
 
 def run_training(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
@@ -180,7 +190,7 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
         return None
     release_freed_memory()  # training's loss matrices and layer blocks
     kgs = torch.as_tensor(data.kgs.astype(np.int64))
-    with phases.phase("evaluation"), StepBar("evaluation", 4 + (result.base is not None),
+    with phases.phase("evaluation"), StepBar("evaluation", 3 + (result.base is not None),
                                              enabled=progress) as bar:
         with bar.step("embedding every entity"):
             output = infer(result.model, prepared.inputs.to(device))
@@ -194,15 +204,17 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
         embeddings = EmbeddingTables(
             joint=joint, fusion_weights=fusion_weights, mask=mask, modalities=modalities,
             csls_r=csls_r, sinkhorn_potential=potential)
-        with bar.step("test and validation rankings"):
+        with bar.step("test, validation and served rankings"):
             plan = pool_plan(joint, unlabelled, config.eval)
-            test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled, plan)
+            served_by = served_terms(embeddings, kgs, config.eval)
+            test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled, plan,
+                                         served=served_by)
+            served = test_ranks.pop("all_targets")
             metrics = _metrics(result, test_ranks, joint, split, config)
         if result.base is not None:
             with bar.step("rankings of the base model"):
                 metrics["base"] = _base_metrics(result, split, config, unlabelled)
-        with bar.step("served ranking"):
-            metrics["all_targets"] = served_metrics(embeddings, kgs, split.test, config.eval)
+        metrics["all_targets"] = served_record(served_by.ranking, served)
     metrics["wall_s"] = time.perf_counter() - start
     history = _history(result, test_ranks[config.eval.headline][0], config)
     with phases.phase("report"):

@@ -44,6 +44,24 @@ def test_edge_types_ignored_without_relation_awareness() -> None:
     torch.testing.assert_close(encoder(edge_index, edge_type), encoder(edge_index, 1 - edge_type))
 
 
+def test_graph_terms_are_reused_for_the_same_graph_and_rebuilt_for_a_changed_one() -> None:
+    torch.manual_seed(0)
+    encoder = StructureEncoder(N, 2, D, relation_channel=True).eval()
+    edge_index, edge_type = _ring()
+    first = encoder(edge_index, edge_type)
+    kept = encoder._graph
+    torch.testing.assert_close(encoder(edge_index, edge_type), first, rtol=0, atol=0)
+    assert encoder._graph is kept
+    edge_type[: N] = 1 - edge_type[: N]  # in place: the same tensor, another graph
+    changed = encoder(edge_index, edge_type)
+    assert encoder._graph is not kept
+    fresh = StructureEncoder(N, 2, D, relation_channel=True).eval()
+    fresh.load_state_dict(encoder.state_dict())
+    torch.testing.assert_close(changed, fresh(edge_index.clone(), edge_type.clone()), rtol=0,
+                               atol=0)
+    assert not torch.allclose(changed, first)
+
+
 def test_isolated_nodes_give_finite_output() -> None:
     torch.manual_seed(0)
     encoder = StructureEncoder(6, 2, D).eval()

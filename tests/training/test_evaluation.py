@@ -8,13 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from mimea.model.finite import NonFiniteError
+from mimea.model.ranking import score_form
+from mimea.model.similarity import streaming_gold_ranks
 from mimea.training import evaluation
 from mimea.training.evaluation import (
+    ServedTerms,
     all_targets_metrics,
     evaluate_pairs,
     gold_ranks,
     mutual_plan_pairs,
     pooled_metrics,
+    rank_pairs,
     ranking_metrics,
     validation_metrics,
 )
@@ -291,8 +295,7 @@ def test_all_targets_ranks_among_every_entity_of_the_other_kg(ranking: str) -> N
     pairs = torch.stack([torch.arange(0, 8), torch.arange(12, 20)], dim=1)
     csls_r = torch.rand(26, generator=gen)
     potential = -5 * torch.rand(26, generator=gen)
-    metrics = all_targets_metrics(emb, pairs, kgs, ranking=ranking, csls_r=csls_r,
-                                  potential=potential, reg=0.05)
+    metrics = all_targets_metrics(emb, pairs, ServedTerms(kgs, ranking, csls_r, potential, 0.05))
     cos = cosine_matrix(emb, emb)
     for direction, (q, keys, g) in {
             "kg1_to_kg2": (pairs[:, 0], torch.arange(12, 26), pairs[:, 1] - 12),
@@ -305,6 +308,65 @@ def test_all_targets_ranks_among_every_entity_of_the_other_kg(ranking: str) -> N
         ranks = (score >= gold).sum(dim=1)
         assert metrics[direction] == pytest.approx(ranking_metrics(ranks))
     assert metrics["ranking"] == ranking
+
+
+@pytest.mark.parametrize("ranking", ["cosine", "csls", "sinkhorn"])
+def test_served_ranks_come_with_the_pair_ranks_and_match_a_search_each_way(ranking: str) -> None:
+    # KGs interleaved, test pairs in shuffled order, duplicated rows (exact ties), targets
+    # without plan mass, and blocks smaller than either side: the pass that ranks the pairs
+    # among themselves must leave those ranks as they are, and give each direction's served
+    # ranks as a search of every key of the other KG does.
+    gen = torch.Generator().manual_seed(12)
+    emb = torch.randn(70, 5, generator=gen)
+    emb[40] = emb[41] = emb[2]
+    kgs = torch.tensor([1, 2] * 35)
+    kgs[40], kgs[41] = 2, 1
+    rows1, rows2 = torch.nonzero(kgs == 1).squeeze(1), torch.nonzero(kgs == 2).squeeze(1)
+    sources, targets = rows1[rows1 != 2], rows2[rows2 != 40]
+    pairs = torch.stack([sources[torch.randperm(34, generator=gen)[:20]],
+                         targets[torch.randperm(34, generator=gen)[:20]]], dim=1)
+    pairs[0] = torch.tensor([2, 40])
+    csls_r = torch.rand(70, generator=gen)
+    potential = -5 * torch.rand(70, generator=gen)
+    potential[rows2[:3]] = -torch.inf
+    served = ServedTerms(kgs, ranking, csls_r, potential, 0.05)
+    options = {"k": 2, "sinkhorn_reg": 0.05, "pools": (rows1, rows2), "candidates": 8}
+    alone = rank_pairs(emb, pairs, **options)
+    with_served = rank_pairs(emb, pairs, served=served, **options)
+    assert with_served.keys() == {*alone, "all_targets"}
+    unit = evaluation._unit_rows(emb)
+    forms = {m: evaluation._pair_forms(unit, pairs, m, 2, 0.05, 20, (rows1, rows2), 8)
+             for m in alone}
+    z = F.normalize(emb, dim=1)
+    expected = []
+    for queries, keys, golds in ((pairs[:, 0], rows2, pairs[:, 1]),
+                                 (pairs[:, 1], rows1, pairs[:, 0])):
+        form = score_form(ranking, csls_r[queries], csls_r[keys], potential[keys], 0.05)
+        expected.append(streaming_gold_ranks(
+            z[queries], torch.searchsorted(keys, golds), z[keys], scale=form.scale,
+            row_bias=form.row_bias, col_bias=form.col_bias))
+    for block in (4, 1024):
+        ranks, all_targets = evaluation._one_pass_ranks(
+            unit, pairs, forms, evaluation._served_forms(served, pairs), block=block)
+        for method, both in alone.items():
+            for got in (ranks[method], with_served[method]):
+                assert all(torch.equal(a, b) for a, b in zip(got, both, strict=True))
+        for got in (all_targets, with_served["all_targets"]):
+            assert got is not None
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    backward = expected[1]
+    assert backward[0] >= 2  # row 41, a KG1 copy of the gold source, ties with it
+
+
+def test_served_ranks_refuse_nan_terms() -> None:
+    emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    kgs = torch.tensor([1] * 4 + [2] * 4)
+    pairs = torch.tensor([[0, 4], [1, 5]])
+    potential = torch.zeros(8)
+    potential[6] = float("nan")
+    with pytest.raises(NonFiniteError, match="potential hold NaN"):
+        all_targets_metrics(emb, pairs, ServedTerms(kgs, "sinkhorn", torch.zeros(8), potential,
+                                                    0.05))
 
 
 def test_sparse_plan_keeps_the_planted_pairs_where_candidate_lists_are_short() -> None:
@@ -330,7 +392,7 @@ def test_one_pass_ranks_every_ranking_both_ways_across_blocks() -> None:
     z = torch.nn.functional.normalize(embeddings, dim=1)
     forms = {m: evaluation._pair_forms(lambda rows: z[rows], pairs, m, 2, 0.05, 30, pools, 50)
              for m in ("cosine", "csls", "sinkhorn")}
-    ranks = evaluation._pair_ranks(z[pairs[:, 0]], z[pairs[:, 1]], forms, block=5)
+    ranks, _ = evaluation._one_pass_ranks(lambda rows: z[rows], pairs, forms, block=5)
     for method in ("cosine", "csls"):
         sim = similarity_matrix(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], method, 2)
         assert ranks[method][0].tolist() == _brute_ranks(sim)
