@@ -16,7 +16,7 @@ The terms come from candidate searches and a sparse plan (``model/similarity.py`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # model.config reads RANKINGS from here
 
 Ranking = Literal["cosine", "csls", "sinkhorn"]
 RANKINGS: tuple[Ranking, ...] = ("cosine", "csls", "sinkhorn")
+TopLists = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class RankingTerms:
 
     ``edges [E, 2]`` (source, target positions) is the candidate support with each edge's
     cosine ``edge_cos [E]``; ``log_u``/``log_v`` are the plan's log scalings (``None`` when no
-    plan was asked for).
+    plan was asked for); ``lists``, when kept, the searches' top lists ``((scores [n1, K],
+    ids [n1, K]), (scores [n2, K], ids [n2, K]))``, best first.
     """
 
     r_source: torch.Tensor
@@ -55,6 +57,28 @@ class RankingTerms:
     reg: float | None = None
     log_u: torch.Tensor | None = None
     log_v: torch.Tensor | None = None
+    lists: TopLists | None = None
+
+    def csls_means_within(self, sources: torch.Tensor, targets: torch.Tensor, k: int,
+                          ) -> tuple[tuple[torch.Tensor, torch.Tensor],
+                                     tuple[torch.Tensor, torch.Tensor]]:
+        """CSLS r of the ``sources`` among the ``targets`` only and the other way round
+        (positions, among this search's sources and targets), read from the kept lists.
+
+        Returns ``((r [S], unknown [S]), (r [T], unknown [T]))``: a row is unknown where its
+        list, cut short of every key, holds fewer than ``k`` of the other subset (its r needs
+        a search of its own). The lists are best first and every key left out scores at most
+        their last, so the first ``k`` members of a list are the subset's ``k`` best.
+        """
+        if self.lists is None:
+            raise ValueError("these ranking terms were computed without keeping their lists")
+        (scores_12, ids_12), (scores_21, ids_21) = self.lists
+        wanted_2 = torch.zeros(len(self.r_target), dtype=torch.bool)
+        wanted_2[targets] = True
+        wanted_1 = torch.zeros(len(self.r_source), dtype=torch.bool)
+        wanted_1[sources] = True
+        return (_means_within(scores_12[sources], ids_12[sources], wanted_2, k),
+                _means_within(scores_21[targets], ids_21[targets], wanted_1, k))
 
     def edge_csls(self) -> torch.Tensor:
         """CSLS ``[E]`` of every candidate edge."""
@@ -69,15 +93,27 @@ class RankingTerms:
                 + self.edge_csls() / self.reg)
 
 
+def _means_within(scores: torch.Tensor, ids: torch.Tensor, wanted: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean of its first ``k`` listed keys that are ``wanted`` (bool over keys),
+    and whether the row's list, shorter than the keys, lists fewer than ``k`` of them."""
+    inside = wanted[ids] & torch.isfinite(scores)
+    top = scores.masked_fill(~inside, -torch.inf).topk(min(k, scores.shape[1]), dim=1).values
+    complete = scores.shape[1] >= len(wanted)
+    unknown = (inside.sum(dim=1) < k) & (not complete)
+    return csls_means(top, k), unknown
+
+
 def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candidates: int,
                   reg: float | None = None, iterations: int = 20, use_gpu: bool = False,
-                  unit: bool = False) -> RankingTerms:
+                  unit: bool = False, keep_lists: bool = False) -> RankingTerms:
     """CSLS terms (and with ``reg`` the Sinkhorn plan) between ``source [n1, d]`` and
     ``target [n2, d]`` (normalised here, unless ``unit`` says their rows are at unit norm
     already: at 100k entities per KG each normalised copy is a gigabyte or two).
 
     One top-``max(candidates, k)`` search each way gives the candidate support and, from its
-    first ``k`` columns, each entity's r; the plan lives on the support only.
+    first ``k`` columns, each entity's r; the plan lives on the support only. ``keep_lists``
+    keeps the searches' lists on the terms (see :meth:`RankingTerms.csls_means_within`).
     """
     if not unit:
         source, target = normalise(source.float()), normalise(target.float())
@@ -90,19 +126,21 @@ def ranking_terms(source: torch.Tensor, target: torch.Tensor, *, k: int, candida
     r_source, r_target = csls_means(scores_12, k), csls_means(scores_21, k)
     edges, edge_cos = candidate_edges(ids_12, scores_12, ids_21, scores_21, len(source),
                                       len(target))
-    terms = RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos)
+    lists = ((scores_12, ids_12), (scores_21, ids_21)) if keep_lists else None
+    terms = RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos,
+                         lists=lists)
     if reg is None:
         return terms
     log_u, log_v = sparse_sinkhorn(edges, terms.edge_csls(), len(source), len(target), reg=reg,
                                    iterations=iterations)
-    return RankingTerms(r_source=r_source, r_target=r_target, edges=edges, edge_cos=edge_cos,
-                        reg=reg, log_u=log_u, log_v=log_v)
+    return replace(terms, reg=reg, log_u=log_u, log_v=log_v)
 
 
 def pool_plan(embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor],
-              settings: EvalConfig) -> RankingTerms:
+              settings: EvalConfig, *, keep_lists: bool = False) -> RankingTerms:
     """The Sinkhorn plan of ``settings`` between the pools ``(KG1 rows, KG2 rows)`` of
-    ``embedding [N, d]``, as the test's Sinkhorn ranking and the alignment decoder take it.
+    ``embedding [N, d]``, as the test's Sinkhorn ranking and the alignment decoder take it
+    (``keep_lists``: see :func:`ranking_terms`).
 
     Normalising the gathered rows gives the rows of the whole embedding normalised (the
     evaluation's), so a plan computed for the evaluation serves the decoder bit for bit.
@@ -111,7 +149,7 @@ def pool_plan(embedding: torch.Tensor, pools: tuple[torch.Tensor, torch.Tensor],
     return ranking_terms(normalise(embedding[rows1].float()), normalise(embedding[rows2].float()),
                          k=settings.csls_k, candidates=settings.candidates,
                          reg=settings.sinkhorn_reg, iterations=settings.sinkhorn_iterations,
-                         unit=True)
+                         unit=True, keep_lists=keep_lists)
 
 
 @dataclass(frozen=True)

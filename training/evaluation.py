@@ -22,7 +22,14 @@ import torch
 
 from mimea.model.finite import NonFiniteError, require_finite
 from mimea.model.ranking import Ranking, RankingTerms, ScoreForm, ranking_terms, score_form
-from mimea.model.similarity import TIE_TOLERANCE, count_at_least, normalise, streaming_gold_ranks
+from mimea.model.similarity import (
+    TIE_TOLERANCE,
+    count_at_least,
+    csls_means,
+    normalise,
+    streaming_gold_ranks,
+    two_way_topk,
+)
 
 Similarity = Ranking
 UnitRows = Callable[[torch.Tensor], torch.Tensor]
@@ -263,9 +270,13 @@ def _pair_forms(unit: UnitRows, pairs: torch.Tensor, method: Similarity, k: int,
     if method == "cosine":
         return score_form("cosine"), score_form("cosine")
     if method == "csls":
-        terms = ranking_terms(unit(pairs[:, 0]), unit(pairs[:, 1]), k=k, candidates=k, unit=True)
-        return (score_form("csls", terms.r_source, terms.r_target),
-                score_form("csls", terms.r_target, terms.r_source))
+        if plan is not None and plan.lists is not None and pools is not None:
+            r1, r2 = _csls_within_pools(unit, pairs, pools, plan, k)
+        else:
+            terms = ranking_terms(unit(pairs[:, 0]), unit(pairs[:, 1]), k=k, candidates=k,
+                                  unit=True)
+            r1, r2 = terms.r_source, terms.r_target
+        return score_form("csls", r1, r2), score_form("csls", r2, r1)
     if method == "sinkhorn":
         sources, targets = pools if pools is not None else (pairs[:, 0], pairs[:, 1])
         rows = _positions(sources, pairs[:, 0], "source")
@@ -290,6 +301,24 @@ class ServedTerms:
     csls_r: torch.Tensor | None
     potential: torch.Tensor | None
     reg: float | None
+
+
+def _csls_within_pools(unit: UnitRows, pairs: torch.Tensor,
+                       pools: tuple[torch.Tensor, torch.Tensor], plan: RankingTerms,
+                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSLS r of the pairs' sources among their targets and the other way round, read from
+    the lists the pools' plan kept (the pairs are in the pools): no search of their own, but
+    for the rare entity whose list holds fewer than ``k`` of the pairs."""
+    rows = _positions(pools[0], pairs[:, 0], "source")
+    cols = _positions(pools[1], pairs[:, 1], "target")
+    (r1, unknown1), (r2, unknown2) = plan.csls_means_within(rows, cols, k)
+    sources, targets = pairs[:, 0], pairs[:, 1]
+    for r, unknown, queries, keys in ((r1, unknown1, sources, targets),
+                                      (r2, unknown2, targets, sources)):
+        if unknown.any():
+            (scores, _), _ = two_way_topk(unit(queries[unknown]), unit(keys), k)
+            r[unknown] = csls_means(scores, k)
+    return r1, r2
 
 
 def all_targets_metrics(embeddings: torch.Tensor, pairs: torch.Tensor,

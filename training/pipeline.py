@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +205,13 @@ def _train_and_write(data_dir: Path, out_dir: Path, config: MIMEAConfig, *,
             joint=joint, fusion_weights=fusion_weights, mask=mask, modalities=modalities,
             csls_r=csls_r, sinkhorn_potential=potential)
         with bar.step("test, validation and served rankings"):
-            plan = pool_plan(joint, unlabelled, config.eval)
+            # The plan's lists also give the test pairs' CSLS terms among themselves.
+            plan = pool_plan(joint, unlabelled, config.eval, keep_lists=True)
             served_by = served_terms(embeddings, kgs, config.eval)
             test_ranks = embedding_ranks(joint, split.test, config.eval, unlabelled, plan,
                                          served=served_by)
             served = test_ranks.pop("all_targets")
+            plan = replace(plan, lists=None)
             metrics = _metrics(result, test_ranks, joint, split, config)
         if result.base is not None:
             with bar.step("rankings of the base model"):

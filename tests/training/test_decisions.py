@@ -221,6 +221,12 @@ def test_the_evaluations_plan_decides_as_a_fresh_search(planted: Path) -> None:
         assert torch.equal(getattr(with_plan.tables, name), getattr(fresh.tables, name)), name
     with pytest.raises(ValueError, match="pools"):
         rank_pairs(joint, test, ("sinkhorn",), plan=plan)
+    # Kept lists give the test's CSLS terms among the test pairs as their own search does.
+    kept = pool_plan(joint, pools, settings, keep_lists=True)
+    read = rank_pairs(joint, test, ("csls", "sinkhorn"), plan=kept, **options)
+    searched = rank_pairs(joint, test, ("csls", "sinkhorn"), **options)
+    for method, both in searched.items():
+        assert all(torch.equal(a, b) for a, b in zip(read[method], both, strict=True)), method
 
 
 def test_write_decisions_leaves_the_source_alone(planted: Path, decided: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ot
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mimea.model.finite import NonFiniteError
-from mimea.model.ranking import score_form
+from mimea.model.ranking import ranking_terms, score_form
 from mimea.model.similarity import streaming_gold_ranks
 from mimea.training import evaluation
 from mimea.training.evaluation import (
@@ -367,6 +369,31 @@ def test_served_ranks_refuse_nan_terms() -> None:
     with pytest.raises(NonFiniteError, match="potential hold NaN"):
         all_targets_metrics(emb, pairs, ServedTerms(kgs, "sinkhorn", torch.zeros(8), potential,
                                                     0.05))
+
+
+@pytest.mark.parametrize("candidates", [4, 40])
+def test_pair_csls_terms_read_from_the_pools_lists_match_their_own_search(
+        candidates: int) -> None:
+    # Pools of 40 + 40 holding 25 pairs: with 4 candidates some lists hold fewer than k = 3
+    # pair entities and need a search of their own; with 40 every list is complete.
+    gen = torch.Generator().manual_seed(13)
+    emb = torch.randn(80, 6, generator=gen)
+    pools = (torch.arange(0, 40), torch.arange(40, 80))
+    pairs = torch.stack([torch.randperm(40, generator=gen)[:25],
+                         40 + torch.randperm(40, generator=gen)[:25]], dim=1)
+    unit = evaluation._unit_rows(emb)
+    plan = ranking_terms(unit(pools[0]), unit(pools[1]), k=3, candidates=candidates,
+                         reg=0.05, unit=True, keep_lists=True)
+    rows = evaluation._positions(pools[0], pairs[:, 0], "source")
+    cols = evaluation._positions(pools[1], pairs[:, 1], "target")
+    (_, unknown1), (_, unknown2) = plan.csls_means_within(rows, cols, 3)
+    assert bool(unknown1.any() or unknown2.any()) == (candidates == 4)
+    r1, r2 = evaluation._csls_within_pools(unit, pairs, pools, plan, 3)
+    own = ranking_terms(unit(pairs[:, 0]), unit(pairs[:, 1]), k=3, candidates=3, unit=True)
+    torch.testing.assert_close(r1, own.r_source)
+    torch.testing.assert_close(r2, own.r_target)
+    with pytest.raises(ValueError, match="without keeping"):
+        replace(plan, lists=None).csls_means_within(rows, cols, 3)
 
 
 def test_sparse_plan_keeps_the_planted_pairs_where_candidate_lists_are_short() -> None:
