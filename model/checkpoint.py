@@ -67,7 +67,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_CSLS_K = 100
 # A trained model's embeddings are O(1); values beyond this come from a diverged run.
 MAX_ABS_EMBEDDING = 1e6
+CHECK_ROWS = 16_384  # rows tested at a time when a checkpoint loads
 READ_ATTEMPTS = 5
 MIGRATION_WAIT_S = 0.01
 DIR_MODE, FILE_MODE = 0o755, 0o644
@@ -647,16 +648,21 @@ def _check_values(embeddings: EmbeddingTables, *, shown: Path) -> None:
                if (t := getattr(embeddings, name)) is not None}
     for name, tensor in {**tables, "fusion_weights": embeddings.fusion_weights,
                          **ranking}.items():
-        for kind, bad in (("NaN", torch.isnan(tensor)), ("infinity", torch.isinf(tensor))):
-            _refuse_rows(bad, f"{shown}: embedding {name!r} holds {kind}")
+        for kind, test in (("NaN", torch.isnan), ("infinity", torch.isinf)):
+            _refuse_rows(tensor, test, f"{shown}: embedding {name!r} holds {kind}")
     for name, tensor in tables.items():
-        _refuse_rows(tensor.abs() > MAX_ABS_EMBEDDING,
+        _refuse_rows(tensor, lambda rows: rows.abs() > MAX_ABS_EMBEDDING,
                      f"{shown}: embedding {name!r} holds values beyond ±{MAX_ABS_EMBEDDING:g} "
                      f"(a diverged model)")
 
 
-def _refuse_rows(bad: torch.Tensor, message: str) -> None:
-    rows = bad.any(dim=1)
+def _refuse_rows(tensor: torch.Tensor, test: Callable[[torch.Tensor], torch.Tensor],
+                 message: str) -> None:
+    """CheckpointError naming the first and the number of rows of ``tensor [N, d]`` where
+    ``test`` holds anywhere. Rows are tested a block at a time: at 100k entities per KG a test
+    of the whole joint embedding at once would copy it (2 GB) while the checkpoint loads."""
+    rows = torch.cat([test(tensor[lo:lo + CHECK_ROWS]).any(dim=1)
+                      for lo in range(0, len(tensor), CHECK_ROWS)])
     if bool(rows.any()):
         raise CheckpointError(f"{message}, first at row {int(rows.nonzero()[0, 0])} "
                               f"({int(rows.sum())} rows)")

@@ -119,10 +119,10 @@ def decide_checkpoint(checkpoint: Checkpoint | Path, *, graph: GraphInputs | Non
     if graph is None and config.model.propagation:
         graph = checkpoint_graph(checkpoint, data_dir)
     context = DecodeContext(checkpoint=checkpoint, config=config, graph=graph)
-    held_out = refined_decode(context, train, context.embedding(train))
+    held_out = refined_decode(context, train)
     calibration = fit_calibration(*labelled_features(held_out, valid))
     seeds = torch.cat([train, valid])
-    decode = refined_decode(context, seeds, checkpoint.embeddings.joint, plan)
+    decode = refined_decode(context, seeds, stored=True, plan=plan)
     probability = calibration.probability(decode.features)
     tables = assemble(len(checkpoint.entities), seeds, decode, probability)
     return Decisions(tables=tables, threshold=default_threshold(probability, target_precision),
@@ -148,14 +148,20 @@ def checkpoint_graph(checkpoint: Checkpoint, data_dir: Path | None) -> GraphInpu
                        masks={})
 
 
-def refined_decode(context: DecodeContext, seeds: torch.Tensor, embedding: torch.Tensor,
+def refined_decode(context: DecodeContext, seeds: torch.Tensor, *, stored: bool = False,
                    plan: RankingTerms | None = None) -> PoolDecode:
-    """Decode every entity outside ``seeds`` in ``embedding`` (the first time from ``plan``
-    when given), then again with the confident pairs added to the seeds of the propagated
-    labels (:data:`REFRESH_ROUNDS` times, when there are labels)."""
+    """Decode every entity outside ``seeds`` in the joint embedding whose labels they seed
+    (``stored``: the checkpoint's own, which its training and validation pairs seeded; the
+    first time from ``plan`` when given), then again with the confident pairs added to the
+    seeds of the propagated labels (:data:`REFRESH_ROUNDS` times, when there are labels).
+
+    Each round's embedding is built after the last one is let go: at 100k entities per KG
+    each is 2 GB."""
     kgs = np.asarray(context.checkpoint.entities.kgs)
     pools = pipeline.free_rows(kgs, seeds.reshape(-1).numpy())
+    embedding = context.checkpoint.embeddings.joint if stored else context.embedding(seeds)
     decode = context.decode(embedding, pools, plan)
+    del embedding
     for _ in range(REFRESH_ROUNDS if context.graph is not None else 0):
         extended = torch.cat([seeds, decode.confident(REFRESH_MASS)])
         decode = context.decode(context.embedding(extended), pools)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mimea.model import checkpoint as checkpoint_module
 from mimea.model.checkpoint import (
     CONFIG_FILE,
     DATA_FILES,
@@ -453,6 +455,18 @@ def test_broken_checkpoint_is_refused_in_one_line(name: str, valid: Path, tmp_pa
     assert "\n" not in message and "\r" not in message
     assert fault.file in message and fault.message in message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["joint_nan", "joint_huge", "modality_inf"])
+def test_values_checked_a_block_of_rows_at_a_time_name_the_same_row(
+        name: str, valid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module, "CHECK_ROWS", 2)
+    fault = FAULTS[name]
+    directory = valid.resolve()
+    fault.breakage(directory)
+    _reseal(directory)
+    with pytest.raises(CheckpointError, match=re.escape(fault.message)):
+        load_checkpoint(valid)
 
 
 def test_checkpoint_symlink_to_nowhere(valid: Path) -> None:

@@ -156,6 +156,13 @@ def test_with_propagation_appends_weighted_labels() -> None:
     assert combined.shape == (4, 5)
     torch.testing.assert_close(combined[:, :3].norm(dim=1), torch.ones(4))
     torch.testing.assert_close(combined[:, 3:], 0.5 * labels)
+    # Written in place outside autograd, the same values as a concatenation; inside, a
+    # gradient still reaches the embedding.
+    expected = torch.cat([torch.nn.functional.normalize(joint, dim=-1), 0.5 * labels], dim=1)
+    assert torch.equal(combined, expected)
+    learned = joint.clone().requires_grad_()
+    with_propagation(learned, labels, 0.5).sum().backward()
+    assert learned.grad is not None
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"hops": 0}, "must be positive"),
