@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.utils import coalesce
 
+NORM_EPS = 1e-12  # F.normalize's
+
 
 def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
                           num_entities: int, seeds: torch.Tensor, *, dim: int = 128,
@@ -93,16 +95,19 @@ def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
     values = torch.cat([labels, labels])
     current = torch.zeros(num_entities, dim, device=device)
     current[rows] = values
-    views: list[list[torch.Tensor]] = [[] for _ in range(len(aggregations) + 1)]
-    for _ in range(hops):
+    # Every view of every hop is written into its columns of the result as it is computed,
+    # view by view: no list of them and no concatenated copy beside the result.
+    out = torch.empty(num_entities, (len(aggregations) + 1) * hops * dim, device=device)
+    for hop in range(hops):
         by_neighbour = [F.normalize(torch.sparse.mm(a, current), dim=-1) for a in aggregations]
         type_labels = F.normalize(torch.sparse.mm(entity_of_type, current), dim=-1)
         role = F.normalize(torch.sparse.mm(type_of_entity, type_labels), dim=-1)
-        for view, label in zip(views, [*by_neighbour, role], strict=True):
-            view.append(label)
+        for view, label in enumerate([*by_neighbour, role]):
+            start = (view * hops + hop) * dim
+            out[:, start:start + dim] = label
         current = F.normalize(by_neighbour[0] + role, dim=-1)
         current[rows] = values
-    return F.normalize(torch.cat([label for view in views for label in view], dim=1), dim=-1)
+    return out.div_(out.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS))
 
 
 def label_width(dim: int, hops: int, directed: bool) -> int:
