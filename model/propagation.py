@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.utils import coalesce
 
-NORM_EPS = 1e-12  # F.normalize's
-
 
 def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
                           num_entities: int, seeds: torch.Tensor, *, dim: int = 128,
@@ -107,7 +105,7 @@ def propagate_seed_labels(edge_index: torch.Tensor, edge_type: torch.Tensor,
             out[:, start:start + dim] = label
         current = F.normalize(by_neighbour[0] + role, dim=-1)
         current[rows] = values
-    return out.div_(out.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS))
+    return F.normalize(out, dim=-1, out=out)  # in place
 
 
 def label_width(dim: int, hops: int, directed: bool) -> int:
